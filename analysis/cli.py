@@ -1,0 +1,51 @@
+"""Click plumbing shared by the analysis commands: help aliases, shared options, and user errors
+reported as one `Error: ...` line with exit status 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from analysis.query import AnalysisError
+
+F = TypeVar("F", bound=Callable[..., Any])
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+class OneLineUsageError(click.UsageError):
+    """A usage error (exit status 2) shown without click's usage banner."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True, file=file)
+
+
+class AnalysisCommand(click.Command):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AnalysisError as error:
+            raise OneLineUsageError(str(error), ctx) from error
+
+
+def command(function: F) -> click.Command:
+    return click.command(cls=AnalysisCommand, context_settings=CONTEXT_SETTINGS)(function)
+
+
+def experiment_option(function: F) -> F:
+    return click.option(
+        "--experiment",
+        "-e",
+        metavar="NAME",
+        help="Search this experiment only (default: find the study's sweeps in every experiment).",
+    )(function)
+
+
+def parent_run_option(function: F) -> F:
+    return click.option(
+        "--parent-run-id",
+        metavar="ID",
+        help="Analyse this sweep (parent run) instead of the study's latest finished sweep.",
+    )(function)

@@ -1,0 +1,67 @@
+"""Pure plotting: frames → matplotlib Figures. Nothing is saved or shown here, and no pyplot
+state is used, so figures can be built in threads, tests and servers without a display.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+# The 2x2 panel of SPEC §1: (metric, axis label, scale from logged unit to shown unit).
+PANELS = (
+    ("train_loss", "train loss", 1.0),
+    ("valid_loss", "valid loss", 1.0),
+    ("train_acc", "train accuracy (%)", 100.0),
+    ("valid_acc", "valid accuracy (%)", 100.0),
+)
+CURVE_METRICS = tuple(metric for metric, _, _ in PANELS)
+BAND_ALPHA = 0.2
+
+
+def curves_figure(curves: pd.DataFrame, title: str) -> Figure:
+    """Loss and accuracy against the epoch, one line per setting (`frames.curves` output).
+
+    A setting with several seeds is drawn as its mean with a shaded min-max band: the band
+    spans every seed's curve, where a ±std band over two or three seeds would mean little.
+    """
+    figure = Figure(figsize=(11, 8), layout="constrained")
+    axes = figure.subplots(2, 2, sharex=True)
+    settings = list(curves["setting"].cat.categories)
+    for ax, (metric, label, scale) in zip(axes.flat, PANELS, strict=True):
+        for setting, rows in curves[curves["metric"] == metric].groupby("setting", observed=True):
+            # One colour per setting across the four panels, even where a panel lacks a setting.
+            color = f"C{settings.index(setting) % 10}"
+            ax.plot(rows["step"], rows["mean"] * scale, color=color, label=setting)
+            if rows["seeds"].max() > 1:
+                ax.fill_between(
+                    rows["step"],
+                    rows["min"] * scale,
+                    rows["max"] * scale,
+                    color=color,
+                    alpha=BAND_ALPHA,
+                    linewidth=0,
+                )
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    most = int(curves["seeds"].max()) if not curves.empty else 0
+    if most > 1:
+        up_to = "" if curves["seeds"].nunique() == 1 else "up to "
+        handles.append(Patch(color="grey", alpha=BAND_ALPHA))
+        labels.append(f"line: mean, band: min-max over {up_to}{most} seeds")
+    figure.legend(handles, labels, loc="outside lower center", ncols=max(1, min(len(labels), 3)))
+    figure.suptitle(title)
+    return figure
+
+
+def png_bytes(figure: Figure, dpi: int = 110) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()

@@ -1,0 +1,129 @@
+"""Pure: numeric frames (from `analysis.frames`) → tables as Markdown, CSV, LaTeX or HTML text.
+
+Display tables put units in their headers and show `mean ± std` where several seeds were run;
+CSV keeps the numbers as they are, mean and std in separate columns, so it parses back exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+FORMATS = ("markdown", "csv", "latex")
+PLUS_MINUS = "±"
+
+
+@dataclass(frozen=True)
+class Column:
+    """How one column of a numeric frame is shown."""
+
+    header: str  # with the unit of the shown numbers
+    source: str  # a column of the frame, or a metric with `{source}_mean`/`_std` columns
+    fmt: str = ""  # format spec applied after scaling
+    scale: float = 1.0  # e.g. 100 for fractions shown in %, 1000 for seconds shown in ms
+    spread: bool = False  # show `{source}_mean ± {source}_std`
+
+
+TABLE1_COLUMNS = (
+    Column("Patch size", "patch_size", "d"),
+    Column("Parameters", "num_params", ",d"),
+    Column("Inference time (ms, valid split)", "inference_time_s", ".1f", 1000, spread=True),
+    Column("Training time (s / epoch)", "train_epoch_time_s", ".2f", spread=True),
+    Column("Test accuracy (%)", "test_acc", ".2f", 100, spread=True),
+    Column("Seeds", "seeds", "d"),
+)
+SUMMARY_COLUMNS = (
+    Column("Setting", "setting"),
+    Column("Seeds", "seeds", "d"),
+    Column("Best valid accuracy (%)", "best_valid_acc", ".2f", 100, spread=True),
+    Column("Test accuracy (%)", "test_acc", ".2f", 100, spread=True),
+)
+
+
+def mean_std(mean: float, std: float, fmt: str, scale: float = 1.0) -> str:
+    """`mean ± std`, or the mean alone when there is no spread (a single seed)."""
+    shown = format(mean * scale, fmt)
+    return shown if math.isnan(std) else f"{shown} {PLUS_MINUS} {format(std * scale, fmt)}"
+
+
+def _cells(table: pd.DataFrame, column: Column) -> list[str]:
+    # Column-wise on purpose: a row of mixed dtypes (iterrows) would turn ints into floats.
+    if column.spread:
+        means, stds = table[f"{column.source}_mean"], table[f"{column.source}_std"]
+        return [
+            mean_std(mean, std, column.fmt, column.scale)
+            for mean, std in zip(means, stds, strict=True)
+        ]
+    scale = column.scale
+    return [
+        format(value * scale if scale != 1 else value, column.fmt) for value in table[column.source]
+    ]
+
+
+def display(table: pd.DataFrame, columns: Sequence[Column]) -> pd.DataFrame:
+    """The frame as text cells under headers with units."""
+    return pd.DataFrame({column.header: _cells(table, column) for column in columns})
+
+
+def csv_columns(columns: Sequence[Column]) -> list[str]:
+    """The numeric columns behind a display: `x_mean` and `x_std` for a spread column."""
+    return [
+        name
+        for column in columns
+        for name in (
+            [f"{column.source}_mean", f"{column.source}_std"] if column.spread else [column.source]
+        )
+    ]
+
+
+def markdown(shown: pd.DataFrame) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", r"\|") for cell in cells) + " |"
+
+    rows = [line(list(shown.columns)), "|" + "---:|" * len(shown.columns)]
+    return "\n".join(rows + [line(list(values)) for values in shown.itertuples(index=False)]) + "\n"
+
+
+LATEX_SPECIALS = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def _latex_escape(text: str) -> str:
+    text = text.replace("\\", r"\textbackslash{}")
+    return "".join(LATEX_SPECIALS.get(c, c) for c in text).replace(PLUS_MINUS, r"$\pm$")
+
+
+def latex(shown: pd.DataFrame) -> str:
+    """A booktabs `tabular` (the look of `DataFrame.to_latex`), ± typeset as math."""
+
+    def line(cells: Sequence[str]) -> str:
+        return " & ".join(_latex_escape(str(cell)) for cell in cells) + r" \\"
+
+    body = [line(list(values)) for values in shown.itertuples(index=False)]
+    return "\n".join(
+        [
+            r"\begin{tabular}{" + "r" * len(shown.columns) + "}",
+            r"\toprule",
+            line(list(shown.columns)),
+            r"\midrule",
+            *body,
+            r"\bottomrule",
+            r"\end{tabular}",
+            "",
+        ]
+    )
+
+
+def html(shown: pd.DataFrame, escape: bool = True) -> str:
+    """An HTML table; `escape=False` for cells that already are HTML."""
+    return shown.to_html(index=False, border=0, escape=escape)
+
+
+def render(table: pd.DataFrame, columns: Sequence[Column], fmt: str) -> str:
+    """A numeric frame as text in one of `FORMATS`."""
+    if fmt == "csv":
+        return table[csv_columns(columns)].to_csv(index=False)
+    shown = display(table, columns)
+    return {"markdown": markdown, "latex": latex}[fmt](shown)

@@ -1,0 +1,3 @@
+from cifar_mlflow.cli import main
+
+main()

@@ -1,0 +1,128 @@
+"""`python -m cifar_mlflow`: a thin click shell over the package."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, fields
+from typing import Any
+
+import click
+
+from cifar_mlflow import schema
+from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.errors import UserError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def training_options(command: Callable) -> Callable:
+    """One option per `TrainConfig` field, `--data-dir` style, `--data_dir` accepted too.
+
+    `mlflow run` passes undeclared `-P` names spelled as given (`--patch_size`), hence both.
+    Values stay text until `TrainConfig.from_overrides` parses and validates them in one place.
+    """
+    for field in reversed(fields(TrainConfig)):
+        names = [f"--{field.name.replace('_', '-')}"]
+        if "_" in field.name:
+            names.append(f"--{field.name}")
+        default = field.default if field.default is not MISSING else None
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        command = click.option(
+            *names,
+            field.name,
+            default=None,
+            metavar="VALUE",
+            help=f"{field.metadata['help']} [default: {shown}]",
+        )(command)
+    return command
+
+
+def overrides_from(options: dict[str, Any]) -> dict[str, str]:
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def experiment_option(command: Callable) -> Callable:
+    return click.option(
+        "--experiment",
+        envvar="MLFLOW_EXPERIMENT_NAME",
+        default=schema.DEFAULT_EXPERIMENT,
+        show_default=True,
+        help="Experiment (env MLFLOW_EXPERIMENT_NAME). Ignored under `mlflow run`.",
+    )(command)
+
+
+def report_user_errors(command: Callable) -> Callable:
+    """Turn a `UserError` into one line on stderr and exit status 2.
+
+    Under `mlflow run` the run already exists; it is ended FAILED with the reason on it.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as error:
+            from cifar_mlflow import tracking
+
+            run_id = tracking.run_id_from_mlflow_run()
+            if run_id:
+                tracking.record_failure(run_id, str(error))
+            raise click.UsageError(str(error)) from None
+
+    return wrapper
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+def cli() -> None:
+    """Train and compare CIFAR-10 models, tracked in MLflow."""
+
+
+@cli.command()
+@training_options
+@experiment_option
+@click.option(
+    "--study", default=schema.NO_STUDY, show_default=True, help="Value of the run's `study` tag."
+)
+@report_user_errors
+def train(experiment: str, study: str, **options: Any) -> None:
+    """Train one model and track it as an MLflow run."""
+    from cifar_mlflow import tracking
+    from cifar_mlflow.data import load_arrays
+    from cifar_mlflow.progress import ProgressCallback
+
+    config = TrainConfig.from_overrides(overrides_from(options))
+    warn_ignored(config)
+    arrays = load_arrays(config)
+    run, _ = tracking.train_tracked(
+        config,
+        arrays,
+        study=study,
+        run_id=tracking.run_id_from_mlflow_run(),
+        experiment=experiment,
+        callbacks=[ProgressCallback(config.run_name())],
+    )
+    click.echo(f"Finished {run.info.run_name}: {tracking.run_link(run)}")
+
+
+def warn_ignored(config: TrainConfig) -> None:
+    for name in config.ignored_overrides():
+        click.echo(
+            f"Note: {name}={config.to_params()[name]} has no effect with model={config.model}, "
+            f"optimizer={config.optimizer} (recorded in the run's `unused_params` tag)",
+            err=True,
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: click's usage errors become one line and exit status 2."""
+    try:
+        status = cli.main(args=argv, prog_name="python -m cifar_mlflow", standalone_mode=False)
+    except click.UsageError as error:
+        click.echo(f"Error: {error.format_message()}", err=True)
+        sys.exit(2)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    sys.exit(status if isinstance(status, int) else 0)

@@ -1,0 +1,204 @@
+"""The one validated training configuration, built at the edge from defaults and overrides.
+
+Everything inside the package trusts a `TrainConfig`: the CLI, the MLproject entry points and
+the study files all go through `TrainConfig.from_overrides`, which parses text values (as
+`mlflow run` and click deliver them) and fails with a one-line `ConfigError` that names the
+option and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from cifar_mlflow.errors import UserError
+
+MODELS = ("mlp", "resnet18", "mlpmixer")
+DATASETS = ("cifar10", "synthetic")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+MLP_ACTIVATIONS = ("relu", "tanh", "sigmoid")
+MIXER_ACTIVATIONS = ("gelu", "relu")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+IMAGE_SIZE = 32
+
+
+class ConfigError(UserError):
+    """A user-facing configuration mistake; its message is one line."""
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Field order is the order of the CLI options and the logged params."""
+
+    model: str = field(default="mlp", metadata=_help(f"Model: {' | '.join(MODELS)}."))
+    dataset: str = field(
+        default="cifar10",
+        metadata=_help("cifar10, or synthetic (generated offline stand-in in the same layout)."),
+    )
+    data_dir: str = field(default="./data", metadata=_help("Folder holding cifar-10-batches-py/."))
+    train_size: int = field(
+        default=0, metadata=_help("Use only the first N images of the train split (0 = all).")
+    )
+    activation: str = field(
+        default="relu", metadata=_help(f"MLP activation: {' | '.join(MLP_ACTIVATIONS)}.")
+    )
+    mixer_activation: str = field(
+        default="gelu", metadata=_help(f"MLP-Mixer activation: {' | '.join(MIXER_ACTIVATIONS)}.")
+    )
+    hidden_sizes: tuple[int, ...] = field(
+        default=(1024, 512, 64, 64), metadata=_help("MLP hidden sizes, comma-separated.")
+    )
+    patch_size: int = field(default=4, metadata=_help("MLP-Mixer patch size; must divide 32."))
+    embed_dim: int = field(default=256, metadata=_help("MLP-Mixer embedding width D."))
+    num_blocks: int = field(default=4, metadata=_help("MLP-Mixer number of blocks N."))
+    drop_rate: float = field(default=0.0, metadata=_help("MLP-Mixer dropout, in [0, 1)."))
+    optimizer: str = field(default="adamw", metadata=_help(f"{' | '.join(OPTIMIZERS)}."))
+    lr: float = field(default=1e-3, metadata=_help("Learning rate, > 0."))
+    momentum: float = field(
+        default=0.9,
+        metadata=_help("Momentum for momentum; beta1 for adam/adamw; unused by sgd. In [0, 1)."),
+    )
+    weight_decay: float = field(default=5e-4, metadata=_help("Weight decay, >= 0."))
+    batch_size: int = field(default=128, metadata=_help("Training batch size, >= 1."))
+    epochs: int = field(default=15, metadata=_help("Number of epochs, >= 1."))
+    seed: int = field(default=42, metadata=_help("Seed of the split, initialisation and batches."))
+    device: str = field(default="auto", metadata=_help(f"{' | '.join(DEVICES)}."))
+
+    def __post_init__(self) -> None:
+        _require_choice("model", self.model, MODELS)
+        _require_choice("dataset", self.dataset, DATASETS)
+        _require_choice("activation", self.activation, MLP_ACTIVATIONS)
+        _require_choice("mixer_activation", self.mixer_activation, MIXER_ACTIVATIONS)
+        _require_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _require_choice("device", self.device, DEVICES)
+        if not self.data_dir:
+            raise ConfigError("data_dir must be a folder path, got an empty value")
+        _require(self.train_size >= 0, "train_size", self.train_size, "an integer >= 0")
+        _require(
+            len(self.hidden_sizes) >= 1 and all(size >= 1 for size in self.hidden_sizes),
+            "hidden_sizes",
+            ",".join(map(str, self.hidden_sizes)),
+            "a comma-separated list of integers >= 1, e.g. 1024,512,64,64",
+        )
+        _require(
+            self.patch_size >= 1 and IMAGE_SIZE % self.patch_size == 0,
+            "patch_size",
+            self.patch_size,
+            "a divisor of 32 (1, 2, 4, 8, 16, 32)",
+        )
+        _require(self.embed_dim >= 1, "embed_dim", self.embed_dim, "an integer >= 1")
+        _require(self.num_blocks >= 1, "num_blocks", self.num_blocks, "an integer >= 1")
+        _require(0.0 <= self.drop_rate < 1.0, "drop_rate", self.drop_rate, "a number in [0, 1)")
+        _require(self.lr > 0, "lr", self.lr, "a number > 0")
+        _require(0.0 <= self.momentum < 1.0, "momentum", self.momentum, "a number in [0, 1)")
+        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+
+    @classmethod
+    def from_overrides(
+        cls, overrides: Mapping[str, Any], base: TrainConfig | None = None
+    ) -> TrainConfig:
+        """Defaults (or `base`) with `overrides` applied; text values are parsed per field."""
+        types = field_types()
+        unknown = sorted(set(overrides) - set(types))
+        if unknown:
+            raise ConfigError(f"unknown option {unknown[0]!r}; allowed: {', '.join(types)}")
+        parsed = {name: _parse(name, value, types[name]) for name, value in overrides.items()}
+        return dataclasses.replace(base or cls(), **parsed)
+
+    def to_params(self) -> dict[str, str]:
+        """Flat string params, as logged to MLflow."""
+        return {f.name: _format(getattr(self, f.name)) for f in fields(self)}
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """Fields that have no effect for this model and optimiser."""
+        unused = set()
+        if self.model != "mlp":
+            unused |= {"activation", "hidden_sizes"}
+        if self.model != "mlpmixer":
+            unused |= {"mixer_activation", "patch_size", "embed_dim", "num_blocks", "drop_rate"}
+        if self.optimizer == "sgd":
+            unused.add("momentum")
+        return tuple(f.name for f in fields(self) if f.name in unused)
+
+    def ignored_overrides(self) -> tuple[str, ...]:
+        """Unused fields set away from their default: asked for, but without effect."""
+        default = TrainConfig()
+        return tuple(
+            name for name in self.unused_fields() if getattr(self, name) != getattr(default, name)
+        )
+
+    def trial_key(self) -> str:
+        """Stable hash of everything that changes the result of training.
+
+        Fields without effect and the data folder's location are left out, so the same trial
+        has the same key on every machine and whatever the unused options say.
+        """
+        skipped = {*self.unused_fields(), "data_dir"}
+        relevant = {k: v for k, v in self.to_params().items() if k not in skipped}
+        text = json.dumps(relevant, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def run_name(self) -> str:
+        """Readable run name: the model, what distinguishes it, the seed."""
+        setting = {
+            "mlp": f"act{self.activation}",
+            "resnet18": f"lr{_format(self.lr)}",
+            "mlpmixer": f"patch{self.patch_size}",
+        }[self.model]
+        return f"{self.model}-{setting}-seed{self.seed}"
+
+
+def field_types() -> dict[str, type]:
+    """Each config field's element type, for parsing text overrides."""
+    hints = {"tuple[int, ...]": tuple, "int": int, "float": float, "str": str}
+    return {f.name: hints[str(f.type)] for f in fields(TrainConfig)}
+
+
+def _parse(name: str, value: Any, kind: type) -> Any:
+    if not isinstance(value, str):
+        return tuple(value) if kind is tuple else value
+    text = value.strip()
+    try:
+        if kind is tuple:
+            return tuple(int(part) for part in text.replace(" ", "").strip("[]()").split(","))
+        if kind is int:
+            number = float(text)
+            if not number.is_integer():
+                raise ValueError(text)
+            return int(number)
+        if kind is float:
+            return float(text)
+    except ValueError:
+        allowed = {
+            tuple: "a comma-separated list of integers, e.g. 1024,512,64,64",
+            int: "an integer",
+            float: "a number",
+        }[kind]
+        raise ConfigError(f"{name} must be {allowed}, got {value!r}") from None
+    return text
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _require_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {' | '.join(allowed)}, got {value!r}")
+
+
+def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} must be {allowed}, got {value!r}")

@@ -1,0 +1,300 @@
+"""CIFAR-10 as tensors on the training device, with batched augmentation (airbench-style).
+
+The on-disk format is CIFAR-10's python layout (`cifar-10-batches-py/`). It is read with
+`pickle` directly rather than through `torchvision.datasets.CIFAR10`, which insists on the
+official checksums: a folder in the same layout with other content (a test fixture, the
+synthetic set) must load too. torchvision is only used to download the archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import pickle
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.errors import UserError
+
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+CLASS_NAMES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+VALID_FRACTION = 0.1
+DOWNLOAD_TIMEOUT_S = 10
+
+# Random resized crop ranges (torchvision's RandomResizedCrop semantics).
+CROP_SCALE = (0.8, 1.0)  # fraction of the image area kept
+CROP_RATIO = (0.9, 1.1)  # width / height of the crop
+
+SYNTHETIC_TRAIN_SIZE = 5_000
+SYNTHETIC_TEST_SIZE = 1_000
+
+
+class DataError(UserError):
+    """The data set cannot be read or fetched; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class CifarArrays:
+    """A data set as loaded from disk: uint8 images (N, 32, 32, 3) and int64 labels."""
+
+    name: str
+    source: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: tuple[str, ...]
+
+    def digest(self) -> str:
+        """Content hash of the arrays, so runs say exactly what they trained on."""
+        sha = hashlib.sha256()
+        for array in (self.train_images, self.train_labels, self.test_images, self.test_labels):
+            sha.update(np.ascontiguousarray(array).data)
+        return sha.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Normalised images (N, 3, 32, 32) and labels, on the training device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    train: Split
+    valid: Split
+    test: Split
+    num_classes: int
+
+
+def dataset_folder(config: TrainConfig) -> Path:
+    """Where `config.dataset` lives: `data_dir/cifar-10-batches-py` (synthetic: a subfolder)."""
+    root = Path(config.data_dir).expanduser()
+    if config.dataset == "synthetic":
+        root = root / "synthetic"
+    return root / CIFAR_FOLDER
+
+
+def load_arrays(config: TrainConfig) -> CifarArrays:
+    """Read the data set, generating (synthetic) or downloading (cifar10) it when absent."""
+    folder = dataset_folder(config)
+    if not (folder / "test_batch").exists():
+        if config.dataset == "synthetic":
+            write_synthetic_cifar(folder)
+        else:
+            download_cifar(folder)
+    return read_cifar_folder(folder, name=config.dataset)
+
+
+def read_cifar_folder(folder: Path, name: str = "cifar10") -> CifarArrays:
+    """Read a folder in CIFAR-10's python layout, whatever its content."""
+    present = [batch for batch in TRAIN_BATCHES if (folder / batch).exists()]
+    if not present or not (folder / "test_batch").exists():
+        raise DataError(
+            f"{folder} is not in the CIFAR-10 python layout: expected data_batch_1..5 and "
+            "test_batch"
+        )
+    train = [_read_batch(folder / batch) for batch in present]
+    test_images, test_labels = _read_batch(folder / "test_batch")
+    meta_path = folder / "batches.meta"
+    class_names = CLASS_NAMES
+    if meta_path.exists():
+        class_names = tuple(_unpickle(meta_path)["label_names"])
+    return CifarArrays(
+        name=name,
+        source=str(folder.resolve()),
+        train_images=np.concatenate([images for images, _ in train]),
+        train_labels=np.concatenate([labels for _, labels in train]),
+        test_images=test_images,
+        test_labels=test_labels,
+        class_names=class_names,
+    )
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with path.open("rb") as handle:
+            return pickle.load(handle, encoding="latin1")
+    except (OSError, pickle.UnpicklingError, EOFError) as error:
+        raise DataError(f"cannot read {path}: {error}") from None
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    batch = _unpickle(path)
+    try:
+        images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+    except (KeyError, ValueError) as error:
+        raise DataError(f"{path} is not a CIFAR-10 batch ({error})") from None
+    if len(images) != len(labels):
+        raise DataError(f"{path} has {len(images)} images but {len(labels)} labels")
+    return images.transpose(0, 2, 3, 1), labels
+
+
+def download_cifar(folder: Path) -> None:
+    """Fetch and extract the official archive next to `folder`, or fail in one line quickly."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    previous_timeout = socket.getdefaulttimeout()
+    # Without a timeout an offline machine can hang for minutes in DNS or connect.
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        download_and_extract_archive(CIFAR_URL, str(folder.parent), md5=CIFAR_MD5)
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(
+            f"CIFAR-10 could not be fetched into {folder} ({reason}); put "
+            f"cifar-10-python.tar.gz extracted there, or use dataset=synthetic to run offline"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+
+
+def write_synthetic_cifar(
+    folder: Path,
+    train_size: int = SYNTHETIC_TRAIN_SIZE,
+    test_size: int = SYNTHETIC_TEST_SIZE,
+    seed: int = 0,
+) -> None:
+    """Write a learnable stand-in for CIFAR-10 in its python layout.
+
+    Each class is a smooth colour pattern (a few random low-frequency gratings); an image is
+    its class pattern, randomly shifted, mirrored and rescaled in contrast, plus pixel noise.
+    Classes are separable but not trivially, so curves and study comparisons look like
+    training on a real data set.
+    """
+    rng = np.random.default_rng(seed)
+    prototypes = _class_prototypes(rng, len(CLASS_NAMES))
+    images, labels = _sample_images(rng, prototypes, train_size + test_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    train_chunks = np.array_split(np.arange(train_size), len(TRAIN_BATCHES))
+    for batch_name, indices in zip(TRAIN_BATCHES, train_chunks, strict=True):
+        _write_batch(folder / batch_name, images[indices], labels[indices])
+    _write_batch(folder / "test_batch", images[train_size:], labels[train_size:])
+    with (folder / "batches.meta").open("wb") as handle:
+        pickle.dump({"label_names": list(CLASS_NAMES), "num_vis": 3072}, handle)
+
+
+def _class_prototypes(rng: np.random.Generator, num_classes: int) -> np.ndarray:
+    grid = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+    prototypes = np.zeros((num_classes, 32, 32, 3))
+    for cls in range(num_classes):
+        for _ in range(3):
+            fy, fx = rng.integers(0, 3, size=2)
+            phase = rng.uniform(0, 2 * np.pi)
+            colour = rng.normal(0, 1, size=3)
+            prototypes[cls] += np.sin(fy * yy + fx * xx + phase)[..., None] * colour
+    return prototypes / prototypes.std(axis=(1, 2, 3), keepdims=True)
+
+
+def _sample_images(
+    rng: np.random.Generator, prototypes: np.ndarray, count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    labels = rng.integers(0, len(prototypes), size=count)
+    images = prototypes[labels]
+    shifts = rng.integers(-4, 5, size=(count, 2))
+    images = np.stack(
+        [
+            np.roll(image, tuple(shift), axis=(0, 1))
+            for image, shift in zip(images, shifts, strict=True)
+        ]
+    )
+    mirrored = rng.random(count) < 0.5
+    images[mirrored] = images[mirrored, :, ::-1]
+    images *= rng.uniform(0.6, 1.4, size=(count, 1, 1, 1))
+    # A weaker pattern of another class and heavy noise keep the classes from being trivial.
+    distractors = prototypes[rng.integers(0, len(prototypes), size=count)]
+    images += 0.6 * distractors + rng.normal(0, 3.5, size=images.shape)
+    pixels = 128 + 20 * images
+    return np.clip(pixels, 0, 255).astype(np.uint8), labels
+
+
+def _write_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    with path.open("wb") as handle:
+        pickle.dump({"data": data, "labels": labels.tolist()}, handle)
+
+
+def split_indices(num_images: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Disjoint train/valid indices from one seeded permutation (valid = 10 %)."""
+    generator = torch.Generator().manual_seed(seed)
+    permutation = torch.randperm(num_images, generator=generator)
+    num_valid = round(num_images * VALID_FRACTION)
+    return permutation[num_valid:], permutation[:num_valid]
+
+
+def to_device(
+    arrays: CifarArrays,
+    config: TrainConfig,
+    device: torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> DeviceData:
+    """Split, normalise and move the whole data set to `device` once."""
+    train_idx, valid_idx = split_indices(len(arrays.train_labels), config.seed)
+    if config.train_size:
+        train_idx = train_idx[: config.train_size]
+    images = torch.from_numpy(arrays.train_images)
+    labels = torch.from_numpy(arrays.train_labels)
+
+    def split(split_images: torch.Tensor, split_labels: torch.Tensor) -> Split:
+        normalised = _normalise(split_images.to(device)).contiguous(memory_format=memory_format)
+        return Split(normalised, split_labels.to(device))
+
+    return DeviceData(
+        train=split(images[train_idx], labels[train_idx]),
+        valid=split(images[valid_idx], labels[valid_idx]),
+        test=split(torch.from_numpy(arrays.test_images), torch.from_numpy(arrays.test_labels)),
+        num_classes=len(arrays.class_names),
+    )
+
+
+def _normalise(images_nhwc: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(CIFAR_MEAN, device=images_nhwc.device) * 255
+    std = torch.tensor(CIFAR_STD, device=images_nhwc.device) * 255
+    return ((images_nhwc.float() - mean) / std).permute(0, 3, 1, 2)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Horizontal flip (p = 0.5) and random resized crop back to full size, for a whole batch.
+
+    Each sample's crop and flip is one affine map of the sampling grid, so the batch is
+    resampled by a single `grid_sample` call instead of a Python loop over images.
+    """
+    batch = images.shape[0]
+    uniform = torch.rand(batch, 5, device=images.device, generator=generator)
+    area = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * uniform[:, 0]
+    log_ratio = math.log(CROP_RATIO[0]) + math.log(CROP_RATIO[1] / CROP_RATIO[0]) * uniform[:, 1]
+    ratio = torch.exp(log_ratio)
+    # Crop width and height as fractions of the image side, clipped to the image.
+    width = torch.sqrt(area * ratio).clamp(max=1.0)
+    height = torch.sqrt(area / ratio).clamp(max=1.0)
+    # Crop centre in grid_sample's [-1, 1] coordinates, anywhere the crop stays inside.
+    centre_x = (1 - width) * (2 * uniform[:, 2] - 1)
+    centre_y = (1 - height) * (2 * uniform[:, 3] - 1)
+    flip = torch.where(uniform[:, 4] < 0.5, -1.0, 1.0)
+    theta = torch.zeros(batch, 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0] = width * flip
+    theta[:, 0, 2] = centre_x
+    theta[:, 1, 1] = height
+    theta[:, 1, 2] = centre_y
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)

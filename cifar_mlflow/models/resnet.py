@@ -1,0 +1,67 @@
+"""ResNet18, CIFAR variant: 3×3 stem with stride 1 and no max-pool (11,173,962 parameters)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 conv-BN layers with an identity or 1×1 conv-BN shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.act = nn.ReLU(inplace=True)
+        changes_shape = stride != 1 or in_channels != out_channels
+        self.shortcut = (
+            nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+            if changes_shape
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """Stem, four stages of two BasicBlocks (64, 128, 256, 512 channels), pool, linear."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        widths: tuple[int, ...] = (64, 128, 256, 512),
+        blocks_per_stage: int = 2,
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, 1, padding=1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        blocks: list[nn.Module] = []
+        channels = widths[0]
+        for stage, width in enumerate(widths):
+            for index in range(blocks_per_stage):
+                stride = 2 if stage > 0 and index == 0 else 1
+                blocks.append(BasicBlock(channels, width, stride))
+                channels = width
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(channels, num_classes)
+
+    @property
+    def first_layer(self) -> nn.Conv2d:
+        return self.stem[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.blocks(self.stem(x))))

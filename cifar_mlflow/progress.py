@@ -1,0 +1,58 @@
+"""Training progress for people: a bar per epoch on a terminal, one line per epoch otherwise."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from torch import nn
+from tqdm import tqdm
+
+from cifar_mlflow.engine import Callback, EpochMetrics, FinalMetrics
+
+
+class ProgressCallback(Callback):
+    def __init__(self, label: str, interactive: bool | None = None) -> None:
+        self.label = label
+        self.interactive = sys.stderr.isatty() if interactive is None else interactive
+        self.bar: tqdm | None = None
+
+    def on_train_start(self, model: nn.Module, num_epochs: int, batches_per_epoch: int) -> None:
+        self.num_epochs = num_epochs
+        self.batches_per_epoch = batches_per_epoch
+        self._open_bar(epoch=1)
+
+    def _open_bar(self, epoch: int) -> None:
+        if self.interactive:
+            self.bar = tqdm(
+                total=self.batches_per_epoch,
+                desc=f"{self.label} epoch {epoch}/{self.num_epochs}",
+                unit="batch",
+                leave=True,
+                file=sys.stderr,
+            )
+
+    def on_batch_end(self) -> None:
+        if self.bar is not None:
+            self.bar.update()
+
+    def on_epoch_end(self, metrics: EpochMetrics) -> None:
+        summary = (
+            f"train_loss {metrics.train_loss:.4f} train_acc {metrics.train_acc:.3f} "
+            f"valid_loss {metrics.valid_loss:.4f} valid_acc {metrics.valid_acc:.3f} "
+            f"({metrics.epoch_time_s:.1f} s)"
+        )
+        if self.bar is not None:
+            self.bar.set_postfix_str(summary)
+            self.bar.close()
+            if metrics.epoch < self.num_epochs:
+                self._open_bar(metrics.epoch + 1)
+        else:
+            click.echo(f"{self.label} epoch {metrics.epoch}/{self.num_epochs}: {summary}", err=True)
+
+    def on_train_end(self, model: nn.Module, metrics: FinalMetrics) -> None:
+        click.echo(
+            f"{self.label}: test_acc {metrics.test_acc:.4f} test_loss {metrics.test_loss:.4f} "
+            f"best_valid_acc {metrics.best_valid_acc:.4f}",
+            err=True,
+        )

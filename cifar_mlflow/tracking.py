@@ -1,0 +1,215 @@
+"""Every MLflow call of the training side: runs, params, metrics, inputs, artifacts.
+
+The engine reports through `engine.Callback`; `MlflowCallback` turns those reports into one
+batched, asynchronous MLflow call per epoch, so tracking does not stall the training loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict
+
+import mlflow
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Run
+from torch import nn
+
+import cifar_mlflow
+from cifar_mlflow import schema
+from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.data import CifarArrays, to_device
+from cifar_mlflow.engine import Callback, EpochMetrics, FinalMetrics, environment_for, fit
+from cifar_mlflow.weights import weights_figure
+
+SYSTEM_METRICS_INTERVAL_S = 5.0  # MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it
+
+
+def run_id_from_mlflow_run() -> str | None:
+    """The run `mlflow run` created before starting the entry point, if any."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def use_experiment(name: str) -> str:
+    """Select (creating if needed) experiment `name`, tagged for MLflow's training-run view."""
+    experiment = mlflow.set_experiment(name)
+    mark_experiment_kind(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def mark_experiment_kind(experiment_id: str) -> None:
+    client = MlflowClient()
+    tags = client.get_experiment(experiment_id).tags
+    if tags.get(schema.EXPERIMENT_KIND_TAG) != schema.EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment_id, schema.EXPERIMENT_KIND_TAG, schema.EXPERIMENT_KIND)
+
+
+def run_tags(config: TrainConfig, study: str, torch_device: str) -> dict[str, str]:
+    tags = {
+        schema.TAG_STUDY: study,
+        schema.TAG_MODEL: config.model,
+        schema.TAG_TRIAL_KEY: config.trial_key(),
+        schema.TAG_SEED: str(config.seed),
+        schema.TAG_TORCH_DEVICE: torch_device,
+    }
+    unused = config.unused_fields()
+    if unused:
+        tags[schema.TAG_UNUSED_PARAMS] = ",".join(unused)
+    return tags
+
+
+def log_new_params(run_id: str, params: Mapping[str, str]) -> None:
+    """Log the params the run does not have yet.
+
+    `mlflow run` has already logged its `-P` values, possibly spelled differently (`1e-3` for
+    `0.001`); logging the same key with another value is an MLflow error.
+    """
+    existing = MlflowClient().get_run(run_id).data.params
+    missing = {key: value for key, value in params.items() if key not in existing}
+    if missing:
+        mlflow.log_params(missing, run_id=run_id)
+
+
+def log_dataset(arrays: CifarArrays) -> None:
+    """Record the data set on the active run: name, source folder, digest of the arrays."""
+    with warnings.catch_warnings():
+        # MLflow registers the local-file source twice and warns that it is ambiguous.
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(arrays.source)
+    dataset = MetaDataset(source=source, name=arrays.name, digest=arrays.digest())
+    mlflow.log_input(dataset, context="training")
+
+
+@contextlib.contextmanager
+def training_run(
+    config: TrainConfig,
+    arrays: CifarArrays,
+    *,
+    study: str,
+    torch_device: str,
+    run_id: str | None = None,
+    experiment: str | None = None,
+) -> Iterator[Run]:
+    """An active MLflow run holding `config`'s params, tags and data set.
+
+    With `run_id` the existing run is used (the one `mlflow run` or a sweep created);
+    otherwise a new run is created in `experiment`. The run ends FINISHED, or FAILED with the
+    reason as a tag when the body raises, KILLED on Ctrl-C.
+    """
+    if run_id is None:
+        use_experiment(experiment or schema.DEFAULT_EXPERIMENT)
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    run = mlflow.start_run(
+        run_id=run_id,
+        run_name=None if run_id else config.run_name(),
+        nested=mlflow.active_run() is not None,
+        log_system_metrics=True,
+    )
+    try:
+        run_id = run.info.run_id
+        mark_experiment_kind(run.info.experiment_id)
+        # The readable run name is part of the schema, also for runs `mlflow run` created.
+        tags = {**run_tags(config, study, torch_device), "mlflow.runName": config.run_name()}
+        mlflow.set_tags(tags)
+        log_new_params(run_id, config.to_params())
+        log_dataset(arrays)
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as error:
+        mlflow.set_tag(schema.TAG_FAILURE_REASON, f"{type(error).__name__}: {error}"[:5000])
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.flush_async_logging()
+        mlflow.end_run("FINISHED")
+
+
+def record_failure(run_id: str, reason: str) -> None:
+    """End a run that `mlflow run` created as FAILED, with why, before any training."""
+    client = MlflowClient()
+    client.set_tag(run_id, schema.TAG_FAILURE_REASON, reason)
+    client.set_terminated(run_id, "FAILED")
+
+
+def run_link(run: Run) -> str:
+    """Where to look at `run`: its UI page on a server, else the `mlflow ui` command."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    return f"run {run.info.run_id}: browse it with `mlflow ui --backend-store-uri {uri}`"
+
+
+class MlflowCallback(Callback):
+    """Logs the engine's reports to the active run."""
+
+    def __init__(self, run_id: str, config: TrainConfig, input_example: torch.Tensor) -> None:
+        self.run_id = run_id
+        self.config = config
+        self.input_example = input_example
+
+    def on_epoch_end(self, metrics: EpochMetrics) -> None:
+        # One batched call per epoch, sent from a background thread.
+        mlflow.log_metrics(
+            metrics.metrics(), step=metrics.epoch, run_id=self.run_id, synchronous=False
+        )
+
+    def on_train_end(self, model: nn.Module, metrics: FinalMetrics) -> None:
+        mlflow.log_metrics(asdict(metrics), run_id=self.run_id, synchronous=False)
+        client = MlflowClient()
+        config = {"config": self.config.to_params(), "trial_key": self.config.trial_key()}
+        client.log_dict(self.run_id, config, schema.CONFIG_ARTIFACT)
+        client.log_figure(self.run_id, weights_figure(model), schema.WEIGHTS_FIGURE_ARTIFACT)
+        log_model(model, self.input_example)
+
+
+def log_model(model: nn.Module, input_example: torch.Tensor) -> None:
+    """Log a CPU fp32 copy of `model` that `mlflow.pytorch.load_model` loads anywhere.
+
+    The pickle format keeps the batch dimension free (pt2 would freeze it to the example's),
+    and shipping the package as code keeps the pickled classes importable without installing
+    this project.
+    """
+    cpu_model = copy.deepcopy(model).float().cpu().eval()
+    example = input_example.detach().float().cpu().contiguous().numpy().astype(np.float32)
+    mlflow.pytorch.log_model(
+        cpu_model,
+        name=schema.MODEL_NAME,
+        serialization_format="pickle",
+        input_example=example,
+        code_paths=[os.path.dirname(cifar_mlflow.__file__)],
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )
+
+
+def train_tracked(
+    config: TrainConfig,
+    arrays: CifarArrays,
+    *,
+    study: str = schema.NO_STUDY,
+    run_id: str | None = None,
+    experiment: str | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> tuple[Run, FinalMetrics]:
+    """Train `config` on `arrays` inside a tracked run; returns the finished run."""
+    env = environment_for(config)
+    data = to_device(arrays, config, env.device, env.memory_format)
+    with training_run(
+        config,
+        arrays,
+        study=study,
+        torch_device=str(env.device),
+        run_id=run_id,
+        experiment=experiment,
+    ) as run:
+        tracker = MlflowCallback(run.info.run_id, config, data.valid.images[:2])
+        _, final = fit(config, data, env, [*callbacks, tracker])
+    return MlflowClient().get_run(run.info.run_id), final
