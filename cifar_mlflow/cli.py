@@ -106,6 +106,57 @@ def train(experiment: str, study: str, **options: Any) -> None:
     click.echo(f"Finished {run.info.run_name}: {tracking.run_link(run)}")
 
 
+@cli.command()
+@click.option(
+    "--study",
+    required=True,
+    help="Built-in study (activation, lr, patch, best_resnet, best_mixer) or a .yaml file.",
+)
+@click.option(
+    "--seeds", default=None, metavar="N", help="Seeds per setting [default: the study's]."
+)
+@click.option("--executor", default="local", show_default=True, help="Where trials run: local.")
+@training_options
+@experiment_option
+@report_user_errors
+def sweep(study: str, seeds: str | None, executor: str, experiment: str, **options: Any) -> None:
+    """Run a study: a parent run with one nested run per trial; finished trials are reused."""
+    from cifar_mlflow.studies import load_study
+    from cifar_mlflow.sweep import SweepFailed, run_sweep
+
+    loaded = load_study(study)
+    try:
+        result = run_sweep(
+            loaded,
+            overrides_from(options),
+            seeds=parse_seeds(seeds),
+            executor=executor,
+            experiment=experiment,
+        )
+    except SweepFailed as failure:
+        for outcome in failure.result.failures:
+            click.echo(f"FAILED {outcome.config.run_name()}: {outcome.error}", err=True)
+        click.echo(f"Sweep {loaded.name}: {failure}. {failure.result.link}", err=True)
+        sys.exit(1)
+    counts = ", ".join(
+        f"{sum(o.status == status for o in result.outcomes)} {status}"
+        for status in ("finished", "reused")
+    )
+    click.echo(f"Sweep {loaded.name}: {counts}. {result.link}")
+
+
+def parse_seeds(seeds: str | None) -> int | None:
+    if not seeds:  # `mlflow run` passes "" for "the study's own number"
+        return None
+    try:
+        count = int(seeds)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise UserError(f"seeds must be an integer >= 1, got {seeds!r}")
+    return count
+
+
 def warn_ignored(config: TrainConfig) -> None:
     for name in config.ignored_overrides():
         click.echo(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -165,9 +166,10 @@ def field_types() -> dict[str, type]:
 
 
 def _parse(name: str, value: Any, kind: type) -> Any:
-    if not isinstance(value, str):
-        return tuple(value) if kind is tuple else value
-    text = value.strip()
+    if kind is tuple and isinstance(value, list | tuple):
+        value = ",".join(map(str, value))
+    # Study files give typed YAML values; they go through the same parsing as text.
+    text = str(value).strip()
     try:
         if kind is tuple:
             return tuple(int(part) for part in text.replace(" ", "").strip("[]()").split(","))
@@ -177,12 +179,15 @@ def _parse(name: str, value: Any, kind: type) -> Any:
                 raise ValueError(text)
             return int(number)
         if kind is float:
-            return float(text)
+            number = float(text)
+            if not math.isfinite(number):
+                raise ValueError(text)
+            return number
     except ValueError:
         allowed = {
             tuple: "a comma-separated list of integers, e.g. 1024,512,64,64",
             int: "an integer",
-            float: "a number",
+            float: "a finite number",
         }[kind]
         raise ConfigError(f"{name} must be {allowed}, got {value!r}") from None
     return text

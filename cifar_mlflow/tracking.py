@@ -19,7 +19,8 @@ import torch
 from mlflow import MlflowClient
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Run
+from mlflow.entities import Metric, Run, RunTag
+from mlflow.utils.time import get_current_time_millis
 from torch import nn
 
 import cifar_mlflow
@@ -105,7 +106,9 @@ def training_run(
     """
     if run_id is None:
         use_experiment(experiment or schema.DEFAULT_EXPERIMENT)
-    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    # The setter writes the environment variable itself: only fill it in when the user has not.
+    if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
     run = mlflow.start_run(
         run_id=run_id,
         run_name=None if run_id else config.run_name(),
@@ -213,3 +216,95 @@ def train_tracked(
         tracker = MlflowCallback(run.info.run_id, config, data.valid.images[:2])
         _, final = fit(config, data, env, [*callbacks, tracker])
     return MlflowClient().get_run(run.info.run_id), final
+
+
+def find_finished_run(experiment_id: str, trial_key: str) -> Run | None:
+    """The latest FINISHED run of `trial_key` in the experiment, if any."""
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.{schema.TAG_TRIAL_KEY} = '{trial_key}' and attributes.status = 'FINISHED'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+@contextlib.contextmanager
+def sweep_run(
+    study_name: str,
+    study_text: str,
+    varied: Sequence[str],
+    params: Mapping[str, str],
+    *,
+    run_id: str | None = None,
+    experiment: str | None = None,
+) -> Iterator[Run]:
+    """The active parent run of a sweep; its trials are created with `create_trial_run`."""
+    if run_id is None:
+        use_experiment(experiment or schema.DEFAULT_EXPERIMENT)
+    run = mlflow.start_run(run_id=run_id, run_name=study_name)
+    try:
+        mark_experiment_kind(run.info.experiment_id)
+        mlflow.set_tags(
+            {
+                schema.TAG_STUDY: study_name,
+                schema.TAG_ROLE: schema.ROLE_SWEEP,
+                schema.TAG_VARIED: ",".join(varied),
+                "mlflow.runName": study_name,
+            }
+        )
+        log_new_params(run.info.run_id, params)
+        mlflow.log_text(study_text, schema.STUDY_ARTIFACT)
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as error:
+        mlflow.set_tag(schema.TAG_FAILURE_REASON, f"{type(error).__name__}: {error}"[:5000])
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def create_trial_run(parent: Run, config: TrainConfig, study_name: str) -> str:
+    """A child run of `parent` for one trial, to be filled by `train_tracked(run_id=...)`."""
+    run = MlflowClient().create_run(
+        parent.info.experiment_id,
+        run_name=config.run_name(),
+        tags={
+            schema.TAG_PARENT_RUN_ID: parent.info.run_id,
+            schema.TAG_ROLE: schema.ROLE_TRIAL,
+            schema.TAG_STUDY: study_name,
+        },
+    )
+    return run.info.run_id
+
+
+def record_sweep_summary(
+    parent_run_id: str,
+    counts: Mapping[str, int],
+    reused_run_ids: Sequence[str],
+    best: tuple[str, float] | None,
+) -> None:
+    """Counts of finished/failed/reused trials, the reused runs and the best trial."""
+    metrics = {
+        schema.METRIC_TRIALS_FINISHED: counts.get("finished", 0),
+        schema.METRIC_TRIALS_FAILED: counts.get("failed", 0),
+        schema.METRIC_TRIALS_REUSED: counts.get("reused", 0),
+    }
+    tags = {schema.TAG_REUSED_RUN_IDS: ",".join(reused_run_ids)}
+    if best is not None:
+        tags[schema.TAG_BEST_RUN_ID] = best[0]
+        metrics[schema.METRIC_BEST_VALID_ACC] = best[1]
+    client = MlflowClient()
+    client.log_batch(
+        parent_run_id,
+        metrics=[
+            Metric(key, float(value), get_current_time_millis(), 0)
+            for key, value in metrics.items()
+        ],
+        tags=[RunTag(key, value) for key, value in tags.items()],
+    )

@@ -1,0 +1,138 @@
+"""Study files: a model, fixed settings, a grid of varied settings and the seeds (SPEC §6).
+
+A study file is YAML that users copy and extend:
+
+    description: ResNet18 with Adam at five learning rates
+    model: resnet18
+    fixed: {optimizer: adam}
+    grid: {lr: [0.1, 0.01, 0.001, 0.0001, 0.00001]}
+    seeds: 1          # settings are repeated with seeds seed, seed+1, ...
+
+Every trial's configuration is built and validated when the file is loaded, so a malformed
+study fails before any run is created.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cifar_mlflow.config import ConfigError, TrainConfig
+from cifar_mlflow.errors import UserError
+
+BUILTIN_STUDY_DIR = Path(__file__).resolve().parent.parent / "studies"
+STUDY_KEYS = ("description", "model", "fixed", "grid", "seeds")
+
+
+class StudyError(UserError):
+    """A study name or file that cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    description: str
+    model: str
+    fixed: Mapping[str, Any]
+    grid: Mapping[str, list[Any]]
+    seeds: int
+    text: str  # the file as written, logged with the sweep
+
+    @property
+    def varied(self) -> tuple[str, ...]:
+        return tuple(self.grid)
+
+    def trial_configs(
+        self, overrides: Mapping[str, Any] | None = None, seeds: int | None = None
+    ) -> list[TrainConfig]:
+        """One config per grid point and seed: defaults ← fixed ← overrides ← grid point.
+
+        Overrides (`-P epochs=5`) apply to every trial but cannot change what the study varies.
+        """
+        overrides = dict(overrides or {})
+        clash = sorted(set(overrides) & set(self.grid))
+        if clash:
+            raise StudyError(
+                f"{clash[0]} is varied by study {self.name!r} and cannot be overridden"
+            )
+        try:
+            base = TrainConfig.from_overrides({"model": self.model, **self.fixed, **overrides})
+            num_seeds = self.seeds if seeds is None else seeds
+            if num_seeds < 1:
+                raise StudyError(f"seeds must be an integer >= 1, got {num_seeds}")
+            configs = []
+            for point in itertools.product(*self.grid.values()):
+                setting = TrainConfig.from_overrides(dict(zip(self.grid, point, strict=True)), base)
+                configs += [
+                    dataclasses.replace(setting, seed=setting.seed + offset)
+                    for offset in range(num_seeds)
+                ]
+        except ConfigError as error:
+            raise StudyError(f"study {self.name!r}: {error}") from None
+        return configs
+
+
+def builtin_studies() -> tuple[str, ...]:
+    return tuple(sorted(path.stem for path in BUILTIN_STUDY_DIR.glob("*.yaml")))
+
+
+def load_study(name_or_path: str) -> Study:
+    """A built-in study by name (`lr`) or a user's study file by path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = BUILTIN_STUDY_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise StudyError(
+                f"unknown study {name_or_path!r}; built-in studies: "
+                f"{', '.join(builtin_studies())}, or give the path of a .yaml study file"
+            )
+    try:
+        text = path.read_text()
+        content = yaml.safe_load(text)
+    except OSError as error:
+        raise StudyError(f"cannot read study file {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise StudyError(f"study file {path} is not valid YAML{line}") from None
+    study = _parse_study(path.stem, content, text, path)
+    study.trial_configs()  # a bad setting fails now, not after other trials have run
+    return study
+
+
+def _parse_study(name: str, content: Any, text: str, path: Path) -> Study:
+    if not isinstance(content, dict):
+        raise StudyError(f"study file {path} must be a mapping with keys {', '.join(STUDY_KEYS)}")
+    unknown = sorted(set(content) - set(STUDY_KEYS))
+    if unknown:
+        raise StudyError(
+            f"study file {path}: unknown key {unknown[0]!r}; allowed: {', '.join(STUDY_KEYS)}"
+        )
+    if "model" not in content:
+        raise StudyError(f"study file {path} must name a model")
+    fixed = content.get("fixed") or {}
+    grid = content.get("grid") or {}
+    seeds = content.get("seeds", 1)
+    if not isinstance(fixed, dict):
+        raise StudyError(f"study file {path}: `fixed` must be a mapping of option: value")
+    if not isinstance(grid, dict) or not all(
+        isinstance(values, list) and values for values in grid.values()
+    ):
+        raise StudyError(f"study file {path}: `grid` must map options to non-empty lists")
+    if not isinstance(seeds, int) or isinstance(seeds, bool):
+        raise StudyError(f"study file {path}: `seeds` must be an integer >= 1, got {seeds!r}")
+    return Study(
+        name=name,
+        description=str(content.get("description", "")),
+        model=str(content["model"]),
+        fixed=fixed,
+        grid=grid,
+        seeds=seeds,
+        text=text,
+    )
