@@ -157,6 +157,21 @@ def parse_seeds(seeds: str | None) -> int | None:
     return count
 
 
+@cli.command()
+@click.option("--dataset", default=None, metavar="VALUE", help="cifar10 or synthetic.")
+@click.option("--data-dir", "--data_dir", "data_dir", default=None, metavar="VALUE")
+@report_user_errors
+def data(**options: Any) -> None:
+    """Fetch (cifar10) or generate (synthetic) the data set once, and describe it."""
+    from cifar_mlflow.data import load_arrays
+
+    arrays = load_arrays(TrainConfig.from_overrides(overrides_from(options)))
+    click.echo(
+        f"{arrays.name}: {len(arrays.train_labels)} training and {len(arrays.test_labels)} "
+        f"test images in {arrays.source} (digest {arrays.digest()})"
+    )
+
+
 def warn_ignored(config: TrainConfig) -> None:
     for name in config.ignored_overrides():
         click.echo(
