@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from analysis import frames
 from analysis.cli import command, experiment_option, parent_run_option
-from analysis.plots import CURVE_METRICS, curves_figure
+from analysis.plots import CURVE_METRICS, PNG_DPI, curves_figure
 from analysis.query import AnalysisError, Sweep, Tracking
 from cifar_mlflow import schema
 
@@ -65,7 +65,7 @@ def save_figures(figures: StudyFigures, output_dir: Path) -> list[Path]:
     stem = output_dir / f"{figures.sweep.study}_curves"
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     for path in paths:
-        figures.curves.savefig(path, dpi=150)
+        figures.curves.savefig(path, dpi=PNG_DPI)
     if figures.weights_png is not None:
         weights = output_dir / f"{figures.sweep.study}_weights.png"
         weights.write_bytes(figures.weights_png)

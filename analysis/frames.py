@@ -26,7 +26,7 @@ def parse_param(text: str) -> float | str:
         return text
 
 
-def format_value(value: float | str) -> str:
+def _label_value(value: float | str) -> str:
     return f"{value:g}" if isinstance(value, float) else value
 
 
@@ -48,7 +48,7 @@ def with_settings(trials: pd.DataFrame, varied: Sequence[str]) -> pd.DataFrame:
         for _, row in trials.iterrows()
     ]
     label_of = {
-        key: ", ".join(f"{name} = {format_value(v)}" for name, v in zip(varied, key, strict=True))
+        key: ", ".join(f"{name} = {_label_value(v)}" for name, v in zip(varied, key, strict=True))
         for key in sorted(set(keys), key=_sort_key)
     }
     labels = [label_of[key] for key in keys]

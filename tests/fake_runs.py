@@ -1,24 +1,25 @@
 """Fake trials and sweeps, logged in exactly the shape a real sweep leaves in MLflow (SPEC §5).
 
-A sweep is a parent run (run name = study, tags `study`, `role=sweep`, `varied`, `best_run_id`,
-`reused_run_ids`; metrics `trials_*`, `best_valid_acc`; artifact `study.yaml`) whose trials are
-nested child runs carrying every config field as a string param, the per-epoch metrics with
-step = epoch and the final metrics. The curves and timings are synthetic but plausible, and
-deterministic in the configuration, so tests can compare the analysis with what was logged.
+The trial configurations are the real ones: the built-in study files expanded by
+`Study.trial_configs`, logged with the training side's own params, trial keys, run names and
+unused-option tags. Only the numbers are made up (plausible curves and timings, deterministic
+in the configuration) so tests can compare the analysis with what was logged.
 
-Each run is written with one `log_batch` call, which keeps filling a server with hundreds of runs
-fast (one REST round trip per run instead of one per metric).
+A sweep is a parent run (run name = study; tags `study`, `role=sweep`, `varied`,
+`reused_run_ids`, `best_run_id`; metrics `trials_*`, `best_valid_acc`; artifact `study.yaml`),
+FINISHED, or FAILED when a trial failed, whose trials are nested child runs.
+
+Each run's params, tags and metrics go in one `log_batch` call, which keeps filling a server with
+hundreds of runs fast (one REST round trip per run instead of one per metric).
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import math
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,81 +27,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from cifar_mlflow import schema
-
-# Every config field, spelled the way the training CLI logs them.
-DEFAULT_CONFIG: dict[str, str] = {
-    "model": "mlp",
-    "dataset": "cifar10",
-    "data_dir": "data",
-    "train_size": "50000",
-    "activation": "relu",
-    "mixer_activation": "gelu",
-    "hidden_sizes": "1024,512,64,64",
-    "patch_size": "4",
-    "embed_dim": "256",
-    "num_blocks": "4",
-    "drop_rate": "0.0",
-    "optimizer": "adamw",
-    "lr": "0.001",
-    "momentum": "0.9",
-    "weight_decay": "0.0005",
-    "batch_size": "128",
-    "epochs": "15",
-    "seed": "42",
-    "device": "auto",
-}
-
-
-@dataclass(frozen=True)
-class FakeStudy:
-    """A built-in study: its model, the settings it fixes and the grid it varies."""
-
-    model: str
-    fixed: Mapping[str, str] = field(default_factory=dict)
-    # Values as a user types them: "1e-3" next to "0.001" is deliberate (analysis must parse).
-    grid: Mapping[str, Sequence[str]] = field(default_factory=dict)
-
-
-STUDIES: dict[str, FakeStudy] = {
-    "activation": FakeStudy("mlp", {"epochs": "20"}, {"activation": ("relu", "tanh", "sigmoid")}),
-    "lr": FakeStudy(
-        "resnet18",
-        {"optimizer": "adam", "epochs": "15"},
-        {"lr": ("0.1", "0.01", "1e-3", "0.0001", "1e-5")},
-    ),
-    "patch": FakeStudy("mlpmixer", {"epochs": "15"}, {"patch_size": ("2", "4", "8", "16")}),
-    "best_resnet": FakeStudy(
-        "resnet18", {"optimizer": "adam", "lr": "1e-3", "weight_decay": "5e-3", "epochs": "30"}
-    ),
-    "best_mixer": FakeStudy(
-        "mlpmixer",
-        {
-            "embed_dim": "512",
-            "num_blocks": "8",
-            "drop_rate": "0.4",
-            "optimizer": "adam",
-            "lr": "1e-3",
-            "weight_decay": "5e-4",
-            "epochs": "30",
-        },
-    ),
-}
-
-# Options without effect for a model or optimiser, reported by training in tag `unused_params`.
-UNUSED_BY_MODEL = {
-    "mlp": ("mixer_activation", "patch_size", "embed_dim", "num_blocks", "drop_rate"),
-    "resnet18": (
-        "activation",
-        "mixer_activation",
-        "hidden_sizes",
-        "patch_size",
-        "embed_dim",
-        "num_blocks",
-        "drop_rate",
-    ),
-    "mlpmixer": ("activation", "hidden_sizes"),
-}
-MOMENTUM_OPTIMIZERS = ("sgd", "momentum")
+from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.studies import load_study
 
 TRAIN_IMAGES = 45_000
 VALID_IMAGES = 5_000
@@ -108,19 +36,19 @@ VALID_IMAGES = 5_000
 
 @dataclass
 class FakeSweep:
-    """What one `log_sweep` call wrote: the parent run and its trials by trial key."""
+    """What one `log_sweep` call wrote."""
 
     parent_run_id: str
-    trials: dict[str, str]  # trial_key → run_id of every trial the sweep counts (run or reused)
-    reused: list[str]
-    failed: list[str]
+    trials: dict[str, str] = field(default_factory=dict)  # trial_key → run_id, reused included
+    reused: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
 
 
 class Clock:
     """Strictly increasing start times (ms), so "latest sweep" is well defined in tests."""
 
-    def __init__(self, start_ms: int | None = None) -> None:
-        self.now_ms = start_ms if start_ms is not None else int(time.time() * 1000)
+    def __init__(self) -> None:
+        self.now_ms = int(time.time() * 1000)
 
     def tick(self, seconds: float = 1.0) -> int:
         self.now_ms += int(seconds * 1000)
@@ -128,47 +56,47 @@ class Clock:
 
 
 def create_experiment(client: MlflowClient, name: str) -> str:
-    """The experiment `name` (created when absent), tagged like the training CLI does."""
+    """The experiment `name` (created when absent), tagged like the training side does."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     return client.create_experiment(name, tags={schema.EXPERIMENT_KIND_TAG: schema.EXPERIMENT_KIND})
 
 
-def trial_key(config: Mapping[str, str]) -> str:
-    return hashlib.sha256(json.dumps(dict(config), sort_keys=True).encode()).hexdigest()[:16]
+def study_configs(study: str, seeds: int = 1, epochs: int | None = None) -> list[TrainConfig]:
+    """The trials of a built-in study: grid x seeds, as `mlflow run . -e sweep` makes them."""
+    overrides = {} if epochs is None else {"epochs": str(epochs)}
+    return load_study(study).trial_configs(overrides, seeds)
 
 
-def num_params(config: Mapping[str, str]) -> int:
+def num_params(config: TrainConfig) -> int:
     """Parameter counts of the SPEC §2 architectures, so Table 1 varies with the patch size."""
-    model = config["model"]
-    if model == "resnet18":
+    if config.model == "resnet18":
         return 11_173_962
-    if model == "mlp":
-        sizes = [3072, *(int(h) for h in config["hidden_sizes"].split(",")), 10]
+    if config.model == "mlp":
+        sizes = [3072, *config.hidden_sizes, 10]
         return sum(a * b + b for a, b in itertools.pairwise(sizes))
-    dim, patch = int(config["embed_dim"]), int(config["patch_size"])
-    tokens, token_hidden, channel_hidden = (32 // patch) ** 2, dim // 2, 4 * dim
+    dim, tokens = config.embed_dim, (32 // config.patch_size) ** 2
+    token_hidden, channel_hidden = dim // 2, 4 * dim
     norms = 2 * 2 * dim
     token_mlp = 2 * tokens * token_hidden + token_hidden + tokens
     channel_mlp = 2 * dim * channel_hidden + channel_hidden + dim
-    embedding, head = 3 * patch * patch * dim + dim, 2 * dim + 10 * dim + 10
-    return embedding + int(config["num_blocks"]) * (norms + token_mlp + channel_mlp) + head
+    embedding = 3 * config.patch_size**2 * dim + dim
+    head = 2 * dim + 10 * dim + 10
+    return embedding + config.num_blocks * (norms + token_mlp + channel_mlp) + head
 
 
-def _quality(config: Mapping[str, str]) -> float:
+def _quality(config: TrainConfig) -> float:
     """Final accuracy of a setting; seed-independent, so seeds of one setting agree closely."""
-    setting = {k: v for k, v in config.items() if k != "seed"}
-    spread = random.Random(trial_key(setting)).uniform(0.0, 0.08)
-    lr_penalty = abs(math.log10(float(config["lr"])) + 3) * 0.08  # 1e-3 is best, as reported
+    spread = random.Random(f"{config.model}{config.activation}{config.patch_size}").uniform(0, 0.08)
+    lr_penalty = abs(math.log10(config.lr) + 3) * 0.08  # 1e-3 is best, as the source reports
     return max(0.2, 0.9 - spread - lr_penalty)
 
 
-def _timings(config: Mapping[str, str], rng: random.Random) -> dict[str, float]:
-    # Work grows with the token count for the Mixer: larger patches train and infer faster.
-    work = {"mlp": 1.0, "resnet18": 20.0}.get(config["model"], 0.0)
-    if config["model"] == "mlpmixer":
-        work = 2.0 + (32 // int(config["patch_size"])) ** 2 / 16
+def _timings(config: TrainConfig, rng: random.Random) -> dict[str, float]:
+    # The Mixer's work grows with its token count: larger patches train and infer faster.
+    tokens = (32 // config.patch_size) ** 2
+    work = {"mlp": 1.0, "resnet18": 20.0, "mlpmixer": 2.0 + tokens / 16}[config.model]
     train = work * rng.uniform(0.97, 1.03)
     inference = work * 0.02 * rng.uniform(0.95, 1.05)
     return {
@@ -179,17 +107,17 @@ def _timings(config: Mapping[str, str], rng: random.Random) -> dict[str, float]:
     }
 
 
-def fake_metrics(config: Mapping[str, str], finished: bool = True) -> tuple[list[Metric], float]:
-    """Per-epoch and final metrics of one trial, and its best valid accuracy."""
-    rng = random.Random(trial_key(config))
-    quality, epochs = _quality(config), int(config["epochs"])
-    timestamp = int(time.time() * 1000)
-    logged_epochs = epochs if finished else max(1, epochs // 3)
+def fake_metrics(config: TrainConfig, finished: bool = True) -> tuple[list[Metric], float]:
+    """Per-epoch metrics (step = epoch) and, when finished, final metrics; best valid acc."""
+    rng = random.Random(f"{config.trial_key()}{config.seed}")
+    quality, timestamp = _quality(config), int(time.time() * 1000)
     timings = _timings(config, rng)
+    # A failed trial crashed after a third of its epochs.
+    epochs = config.epochs if finished else max(1, config.epochs // 3)
     metrics, valid_accs = [], []
-    for epoch in range(1, logged_epochs + 1):
-        progress = 1 - math.exp(-3 * epoch / epochs)
-        train_acc = min(0.999, 0.1 + (quality + 0.05 - 0.1) * progress + rng.gauss(0, 0.005))
+    for epoch in range(1, epochs + 1):
+        progress = 1 - math.exp(-3 * epoch / config.epochs)
+        train_acc = min(0.999, 0.1 + (quality - 0.05) * progress + rng.gauss(0, 0.005))
         valid_acc = min(0.999, 0.1 + (quality - 0.1) * progress + rng.gauss(0, 0.01))
         valid_accs.append(valid_acc)
         values = {
@@ -198,80 +126,56 @@ def fake_metrics(config: Mapping[str, str], finished: bool = True) -> tuple[list
             "valid_loss": -math.log(valid_acc) * 1.6,
             "valid_acc": valid_acc,
             "epoch_time_s": timings["train_epoch_time_s"] * rng.uniform(0.98, 1.02),
-            "lr": float(config["lr"]),
+            "lr": config.lr,
         }
-        metrics += [Metric(k, v, timestamp, epoch) for k, v in values.items()]
-    best_valid_acc = max(valid_accs)
+        metrics += [Metric(key, value, timestamp, epoch) for key, value in values.items()]
     if finished:
         test_acc = valid_accs[-1] + rng.gauss(0, 0.005)
         final = {
             "test_loss": -math.log(test_acc) * 1.6,
             "test_acc": test_acc,
-            "best_valid_acc": best_valid_acc,
+            "best_valid_acc": max(valid_accs),
             "num_params": float(num_params(config)),
             **timings,
         }
-        metrics += [Metric(k, v, timestamp, 0) for k, v in final.items()]
-    return metrics, best_valid_acc
-
-
-def unused_params(config: Mapping[str, str]) -> list[str]:
-    unused = list(UNUSED_BY_MODEL[config["model"]])
-    return unused if config["optimizer"] in MOMENTUM_OPTIMIZERS else [*unused, "momentum"]
-
-
-def run_name(config: Mapping[str, str], varied: Iterable[str]) -> str:
-    parts = [config["model"], *(f"{name}{config[name]}" for name in varied)]
-    return "-".join([*parts, f"seed{config['seed']}"])
+        metrics += [Metric(key, value, timestamp, 0) for key, value in final.items()]
+    return metrics, max(valid_accs)
 
 
 def log_trial(
     client: MlflowClient,
     experiment_id: str,
-    config: Mapping[str, str],
+    config: TrainConfig,
     study: str,
     clock: Clock,
     parent_run_id: str | None = None,
-    varied: Sequence[str] = (),
     status: str = "FINISHED",
-    weights_figure: bool = False,
 ) -> tuple[str, float]:
-    """Log one training run (a sweep trial when `parent_run_id` is given); its id and score."""
+    """One training run (a sweep trial when `parent_run_id` is given): its id and score."""
     tags = {
         schema.TAG_STUDY: study,
-        schema.TAG_MODEL: config["model"],
-        schema.TAG_TRIAL_KEY: trial_key(config),
-        schema.TAG_SEED: config["seed"],
-        schema.TAG_UNUSED_PARAMS: ",".join(unused_params(config)),
+        schema.TAG_MODEL: config.model,
+        schema.TAG_TRIAL_KEY: config.trial_key(),
+        schema.TAG_SEED: str(config.seed),
+        schema.TAG_TORCH_DEVICE: "cpu",
     }
+    if config.unused_fields():
+        tags[schema.TAG_UNUSED_PARAMS] = ",".join(config.unused_fields())
     if parent_run_id is not None:
         tags |= {schema.TAG_ROLE: schema.ROLE_TRIAL, schema.TAG_PARENT_RUN_ID: parent_run_id}
     run = client.create_run(
-        experiment_id, start_time=clock.tick(), tags=tags, run_name=run_name(config, varied)
+        experiment_id, start_time=clock.tick(), tags=tags, run_name=config.run_name()
     )
     run_id = run.info.run_id
     metrics, best_valid_acc = fake_metrics(config, finished=status == "FINISHED")
-    params = [Param(k, v) for k, v in config.items()]
+    params = [Param(key, value) for key, value in config.to_params().items()]
     client.log_batch(run_id, metrics=metrics, params=params)
-    client.log_dict(run_id, dict(config), schema.CONFIG_ARTIFACT)
-    if weights_figure:
-        pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    if status == "FINISHED":
+        client.log_dict(run_id, {"config": config.to_params()}, schema.CONFIG_ARTIFACT)
+        pixels = np.random.default_rng(config.seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)
         client.log_image(run_id, pixels, artifact_file=schema.WEIGHTS_FIGURE_ARTIFACT)
     client.set_terminated(run_id, status=status, end_time=clock.tick(60))
     return run_id, best_valid_acc
-
-
-def study_configs(study: str, seeds: Sequence[int], epochs: int | None) -> list[dict[str, str]]:
-    """The effective configuration of every trial of a study: grid x seeds."""
-    spec = STUDIES[study]
-    base = DEFAULT_CONFIG | {"model": spec.model} | dict(spec.fixed)
-    if epochs is not None:
-        base["epochs"] = str(epochs)
-    grid = [
-        dict(zip(spec.grid, values, strict=True))
-        for values in itertools.product(*spec.grid.values())
-    ]
-    return [base | setting | {"seed": str(seed)} for setting in grid for seed in seeds]
 
 
 def log_sweep(
@@ -279,14 +183,18 @@ def log_sweep(
     experiment_id: str,
     study: str,
     clock: Clock,
-    seeds: Sequence[int] = (42,),
-    epochs: int | None = None,
+    seeds: int = 1,
+    epochs: int | None = 3,
     reuse: Mapping[str, str] | None = None,
     failed_trials: int = 0,
     running: bool = False,
 ) -> FakeSweep:
-    """One sweep of a built-in study; trials whose key is in `reuse` are reused, not re-run."""
-    varied = tuple(STUDIES[study].grid)
+    """One sweep of a built-in study; trials whose key is in `reuse` are reused, not re-run.
+
+    The first `failed_trials` trials that run crash, which makes the sweep end FAILED, as a real
+    sweep does; `running` leaves the parent run RUNNING (a sweep in progress).
+    """
+    spec = load_study(study)
     parent = client.create_run(
         experiment_id,
         start_time=clock.tick(),
@@ -294,56 +202,67 @@ def log_sweep(
         tags={
             schema.TAG_STUDY: study,
             schema.TAG_ROLE: schema.ROLE_SWEEP,
-            schema.TAG_VARIED: ",".join(varied),
+            schema.TAG_VARIED: ",".join(spec.varied),
         },
     )
-    parent_id = parent.info.run_id
+    sweep = FakeSweep(parent.info.run_id)
     reuse = reuse or {}
-    sweep = FakeSweep(parent_id, {}, [], [])
     scores: dict[str, float] = {}
     for config in study_configs(study, seeds, epochs):
-        key = trial_key(config)
+        key = config.trial_key()
         if key in reuse:
             sweep.trials[key] = reuse[key]
             sweep.reused.append(reuse[key])
             scores[reuse[key]] = client.get_run(reuse[key]).data.metrics["best_valid_acc"]
             continue
-        # The first `failed_trials` trials that actually run crash after a few epochs.
         status = "FAILED" if len(sweep.failed) < failed_trials else "FINISHED"
         run_id, score = log_trial(
-            client, experiment_id, config, study, clock, parent_id, varied, status, not varied
+            client, experiment_id, config, study, clock, sweep.parent_run_id, status
         )
         if status == "FAILED":
             sweep.failed.append(run_id)
         else:
             sweep.trials[key], scores[run_id] = run_id, score
-    best_run_id = max(scores, key=scores.__getitem__)
-    client.log_batch(
-        parent_id,
-        metrics=[
-            Metric(schema.METRIC_TRIALS_FINISHED, len(sweep.trials), clock.now_ms, 0),
-            Metric(schema.METRIC_TRIALS_FAILED, len(sweep.failed), clock.now_ms, 0),
-            Metric(schema.METRIC_TRIALS_REUSED, len(sweep.reused), clock.now_ms, 0),
-            Metric(schema.METRIC_BEST_VALID_ACC, scores[best_run_id], clock.now_ms, 0),
-        ],
-        tags=[
-            RunTag(schema.TAG_BEST_RUN_ID, best_run_id),
-            RunTag(schema.TAG_REUSED_RUN_IDS, ",".join(sweep.reused)),
-        ],
-    )
-    study_yaml = f"name: {study}\nmodel: {STUDIES[study].model}\nseeds: {list(seeds)}\n"
-    client.log_text(parent_id, study_yaml, schema.STUDY_ARTIFACT)
-    if running:
-        return sweep  # a sweep still in progress: not yet the study's latest finished sweep
-    client.set_terminated(parent_id, end_time=clock.tick(60))
+    _summarise(client, sweep, study, scores, clock, seeds, spec.text)
+    if not running:
+        status = "FAILED" if sweep.failed else "FINISHED"
+        client.set_terminated(sweep.parent_run_id, status=status, end_time=clock.tick(60))
     return sweep
+
+
+def _summarise(
+    client: MlflowClient,
+    sweep: FakeSweep,
+    study: str,
+    scores: Mapping[str, float],
+    clock: Clock,
+    seeds: int,
+    study_text: str,
+) -> None:
+    counts = {
+        schema.METRIC_TRIALS_FINISHED: len(sweep.trials) - len(sweep.reused),
+        schema.METRIC_TRIALS_FAILED: len(sweep.failed),
+        schema.METRIC_TRIALS_REUSED: len(sweep.reused),
+    }
+    tags = {schema.TAG_REUSED_RUN_IDS: ",".join(sweep.reused)}
+    if scores:
+        best_run_id = max(scores, key=scores.__getitem__)
+        counts[schema.METRIC_BEST_VALID_ACC] = scores[best_run_id]
+        tags[schema.TAG_BEST_RUN_ID] = best_run_id
+    client.log_batch(
+        sweep.parent_run_id,
+        metrics=[Metric(key, float(value), clock.now_ms, 0) for key, value in counts.items()],
+        params=[Param("study", study), Param("seeds", str(seeds)), Param("executor", "local")],
+        tags=[RunTag(key, value) for key, value in tags.items()],
+    )
+    client.log_text(sweep.parent_run_id, study_text, schema.STUDY_ARTIFACT)
 
 
 def log_all_studies(
     client: MlflowClient,
     experiment_id: str,
     clock: Clock,
-    seeds: Sequence[int] = (42,),
+    seeds: int = 1,
     epochs: int | None = 3,
     studies: Iterable[str] = schema.BUILTIN_STUDIES,
 ) -> dict[str, FakeSweep]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +18,28 @@ from mlflow import MlflowClient
 from analysis import figures, report, table1
 from analysis.query import Tracking
 from cifar_mlflow import schema
+from cifar_mlflow.studies import load_study
 from tests import fake_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty SQLite store with MLflow's tables; creating one costs a second of migrations."""
+    folder = tmp_path_factory.mktemp("empty-store")
+    cwd = Path.cwd()
+    os.chdir(folder)  # the Default experiment's artifact folder is resolved from here
+    try:
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    finally:
+        os.chdir(cwd)
+    return folder / "mlflow.db"
+
+
 @pytest.fixture
-def client(tracking_store: str) -> MlflowClient:
+def client(tracking_store: str, empty_store: Path) -> MlflowClient:
+    shutil.copyfile(empty_store, tracking_store.removeprefix("sqlite:///"))
     return MlflowClient(tracking_store)
 
 
@@ -40,12 +57,10 @@ def invoke(command, *args: str):
     return CliRunner().invoke(command, list(args), catch_exceptions=False)
 
 
-def metrics_of(client: MlflowClient, run_ids) -> pd.DataFrame:
-    rows = [
-        {"run_id": i, **client.get_run(i).data.params, **client.get_run(i).data.metrics}
-        for i in run_ids
-    ]
-    return pd.DataFrame(rows)
+def logged(client: MlflowClient, run_ids) -> pd.DataFrame:
+    """Params and metrics as logged, one row per run."""
+    runs = [client.get_run(run_id).data for run_id in run_ids]
+    return pd.DataFrame([{**run.params, **run.metrics} for run in runs])
 
 
 @pytest.mark.parametrize("command", [figures.main, table1.main, report.main])
@@ -59,11 +74,8 @@ def test_table1_prints_the_logged_parameters_and_times_of_the_patch_sweep(
     client, experiment_id, clock, tmp_path
 ):
     sweep = fake_runs.log_sweep(client, experiment_id, "patch", clock, epochs=2)
-    logged = (
-        metrics_of(client, sweep.trials.values())
-        .assign(patch_size=lambda df: df["patch_size"].astype(int))
-        .sort_values("patch_size")
-    )
+    runs = logged(client, sweep.trials.values())
+    runs = runs.assign(patch_size=runs["patch_size"].astype(int)).sort_values("patch_size")
     # As a user runs it: `python -m analysis.table1` in a fresh process.
     result = subprocess.run(
         [sys.executable, "-m", "analysis.table1"],
@@ -71,11 +83,11 @@ def test_table1_prints_the_logged_parameters_and_times_of_the_patch_sweep(
         text=True,
         check=True,
         cwd=tmp_path,
-        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     rows = [line.strip("|").split("|") for line in result.stdout.splitlines()[2:]]
     assert len(rows) == 4
-    for cells, (_, run) in zip(rows, logged.iterrows(), strict=True):
+    for cells, (_, run) in zip(rows, runs.iterrows(), strict=True):
         patch, params, inference, train, accuracy, seeds = (cell.strip() for cell in cells)
         assert int(patch) == run["patch_size"]
         assert params == f"{int(run['num_params']):,d}"
@@ -84,15 +96,15 @@ def test_table1_prints_the_logged_parameters_and_times_of_the_patch_sweep(
         assert accuracy == f"{run['test_acc'] * 100:.2f}" and seeds == "1"
 
     csv = pd.read_csv(io.StringIO(invoke(table1.main, "--format", "csv").stdout))
-    assert list(csv["patch_size"]) == list(logged["patch_size"])
-    assert list(csv["num_params"]) == list(logged["num_params"])
+    assert list(csv["patch_size"]) == list(runs["patch_size"])
+    assert list(csv["num_params"]) == list(runs["num_params"])
     for metric in ("inference_time_s", "train_epoch_time_s", "test_acc"):
-        assert list(csv[f"{metric}_mean"]) == list(logged[metric])  # exact, not rounded
+        assert list(csv[f"{metric}_mean"]) == list(runs[metric])  # exact, not rounded
         assert csv[f"{metric}_std"].isna().all()
 
 
 def test_table1_with_two_seeds_shows_mean_plus_minus_std(client, experiment_id, clock, tmp_path):
-    fake_runs.log_sweep(client, experiment_id, "patch", clock, seeds=(1, 2), epochs=2)
+    fake_runs.log_sweep(client, experiment_id, "patch", clock, seeds=2, epochs=2)
     out = tmp_path / "t.tex"
     assert invoke(table1.main, "--format", "latex", "--output", str(out)).exit_code == 0
     assert out.read_text().count(r"$\pm$") == 4 * 3
@@ -109,19 +121,21 @@ def test_figures_of_the_lr_study_one_line_per_learning_rate_logged_to_the_parent
     assert result.stdout.split() == [str(png), str(tmp_path / "out" / "lr_curves.pdf")]
 
     built = figures.study_figures(Tracking(), Tracking().find_sweep("lr"))
-    learning_rates = {f"lr = {float(lr):g}" for lr in fake_runs.STUDIES["lr"].grid["lr"]}
+    learning_rates = {f"lr = {float(lr):g}" for lr in load_study("lr").grid["lr"]}
     assert len(learning_rates) == 5
     for ax in built.curves.get_axes():
         labels = [line.get_label() for line in ax.get_lines()]
         assert sorted(labels) == sorted(learning_rates)
         assert not ax.collections  # one seed: no band
 
-    logged = Path(client.download_artifacts(sweep.parent_run_id, "figures/lr_curves.png", tmp_path))
-    assert logged.read_bytes() == png.read_bytes()
+    artifact = Path(
+        client.download_artifacts(sweep.parent_run_id, "figures/lr_curves.png", tmp_path)
+    )
+    assert artifact.read_bytes() == png.read_bytes()
 
 
 def test_figures_with_two_seeds_draw_a_band(client, experiment_id, clock, tmp_path):
-    fake_runs.log_sweep(client, experiment_id, "activation", clock, seeds=(1, 2), epochs=3)
+    fake_runs.log_sweep(client, experiment_id, "activation", clock, seeds=2, epochs=3)
     built, _ = figures.write_study_figures("activation", tmp_path)
     for ax in built.curves.get_axes():
         assert len(ax.get_lines()) == 3 and len(ax.collections) == 3
@@ -130,7 +144,7 @@ def test_figures_with_two_seeds_draw_a_band(client, experiment_id, clock, tmp_pa
 def test_best_study_figures_are_the_best_runs_curves_and_weights(
     client, experiment_id, clock, tmp_path
 ):
-    sweep = fake_runs.log_sweep(client, experiment_id, "best_mixer", clock, seeds=(1, 2), epochs=3)
+    sweep = fake_runs.log_sweep(client, experiment_id, "best_mixer", clock, seeds=2, epochs=3)
     best_run_id = client.get_run(sweep.parent_run_id).data.tags[schema.TAG_BEST_RUN_ID]
     result = invoke(figures.main, "-s", "best_mixer", "-o", str(tmp_path))
     assert (tmp_path / "best_mixer_weights.png").read_bytes() == Path(
@@ -147,32 +161,24 @@ def test_best_study_figures_are_the_best_runs_curves_and_weights(
 def test_latest_finished_sweep_by_default_and_parent_run_id_for_another(
     client, experiment_id, clock, tmp_path
 ):
-    first = fake_runs.log_sweep(client, experiment_id, "lr", clock, epochs=2)
-    second = fake_runs.log_sweep(
-        client,
-        experiment_id,
-        "lr",
-        clock,
-        seeds=(42, 43),
-        epochs=2,
-        reuse=first.trials,
-        failed_trials=1,
-    )
-    fake_runs.log_sweep(client, experiment_id, "lr", clock, epochs=2, running=True)
+    # A sweep with a crashed trial ends FAILED; re-running it reuses what finished.
+    failed = fake_runs.log_sweep(client, experiment_id, "lr", clock, failed_trials=1)
+    rerun = fake_runs.log_sweep(client, experiment_id, "lr", clock, seeds=2, reuse=failed.trials)
+    fake_runs.log_sweep(client, experiment_id, "lr", clock, running=True)
     tracking = Tracking()
     latest = tracking.find_sweep("lr")
-    assert latest.run_id == second.parent_run_id
+    assert latest.run_id == rerun.parent_run_id
     trials = tracking.trials(latest)
-    # Finished children plus the reused runs of the first sweep; the failed trial is left out.
-    assert set(trials["run_id"]) == set(second.trials.values())
-    assert len(trials) == 10 and not set(second.failed) & set(trials["run_id"])
+    # Its finished children plus the runs it reused from the failed sweep.
+    assert len(rerun.reused) == 4 and set(trials["run_id"]) == set(rerun.trials.values())
+    assert len(trials) == 5 * 2
 
-    older = tracking.find_sweep(None, parent_run_id=first.parent_run_id)
-    assert len(tracking.trials(older)) == 5
-    result = invoke(figures.main, "--parent-run-id", first.parent_run_id, "-o", str(tmp_path))
+    older = tracking.find_sweep(None, parent_run_id=failed.parent_run_id)
+    assert set(tracking.trials(older)["run_id"]) == set(failed.trials.values())  # not the crash
+    result = invoke(figures.main, "--parent-run-id", failed.parent_run_id, "-o", str(tmp_path))
     assert result.exit_code == 0
-    assert client.list_artifacts(first.parent_run_id, "figures")
-    assert not client.list_artifacts(second.parent_run_id, "figures")
+    assert client.list_artifacts(failed.parent_run_id, "figures")
+    assert not client.list_artifacts(rerun.parent_run_id, "figures")
 
 
 @pytest.mark.parametrize(
@@ -186,7 +192,7 @@ def test_latest_finished_sweep_by_default_and_parent_run_id_for_another(
         (report.main, ["--experiment", "missing"], "experiment 'missing' does not exist"),
     ],
 )
-def test_user_errors_are_one_line_with_exit_status_2(tracking_store, command, args, message):
+def test_user_errors_are_one_line_with_exit_status_2(client, command, args, message):
     result = CliRunner().invoke(command, args)
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: ") and message in result.stderr
@@ -209,10 +215,10 @@ def external_references(html: str) -> list[str]:
 def test_report_with_every_study_holds_every_figure_and_table_1(
     client, experiment_id, clock, tmp_path
 ):
-    fake_runs.log_all_studies(client, experiment_id, clock, seeds=(1, 2), epochs=3)
+    fake_runs.log_all_studies(client, experiment_id, clock, seeds=2, epochs=3)
     out = tmp_path / "r.html"
     result = invoke(report.main, "--output", str(out))
-    assert result.exit_code == 0 and result.stderr == ""
+    assert result.exit_code == 0 and "Missing" not in result.stderr
     html = out.read_text()
     for label in [f"Figure {n}" for n in range(1, 8)] + ["Table 1"]:
         assert f"<h3>{label}</h3>" in html
@@ -224,7 +230,7 @@ def test_report_with_every_study_holds_every_figure_and_table_1(
     assert "open <code>mlflow ui</code>" in html  # no server: run ids as text
 
 
-def test_report_without_any_study_names_them_missing_and_succeeds(tracking_store, tmp_path):
+def test_report_without_any_study_names_them_missing_and_succeeds(client, tmp_path):
     result = invoke(report.main, "-o", str(tmp_path / "r.html"))
     assert result.exit_code == 0
     assert result.stderr.strip() == "Missing studies: " + ", ".join(schema.BUILTIN_STUDIES)
