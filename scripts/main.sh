@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 dataset=${1:-cifar10}
 source scripts/setup.sh
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 
 errors=$(mktemp)
 trap 'rm -f "$errors"' EXIT
