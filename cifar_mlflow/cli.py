@@ -13,6 +13,7 @@ import click
 from cifar_mlflow import schema
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.errors import UserError
+from cifar_mlflow.server import server
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -94,6 +95,7 @@ def train(experiment: str, study: str, **options: Any) -> None:
 
     config = TrainConfig.from_overrides(overrides_from(options))
     warn_ignored(config)
+    tracking.check_tracking_server()
     arrays = load_arrays(config)
     run, _ = tracking.train_tracked(
         config,
@@ -121,10 +123,12 @@ def train(experiment: str, study: str, **options: Any) -> None:
 @report_user_errors
 def sweep(study: str, seeds: str | None, executor: str, experiment: str, **options: Any) -> None:
     """Run a study: a parent run with one nested run per trial; finished trials are reused."""
+    from cifar_mlflow import tracking
     from cifar_mlflow.studies import load_study
     from cifar_mlflow.sweep import SweepFailed, run_sweep
 
     loaded = load_study(study)
+    tracking.check_tracking_server()
     try:
         result = run_sweep(
             loaded,
@@ -170,6 +174,9 @@ def data(**options: Any) -> None:
         f"{arrays.name}: {len(arrays.train_labels)} training and {len(arrays.test_labels)} "
         f"test images in {arrays.source} (digest {arrays.digest()})"
     )
+
+
+cli.add_command(server)
 
 
 def warn_ignored(config: TrainConfig) -> None:

@@ -36,6 +36,8 @@ from pathlib import Path
 import click
 import psutil
 
+from cifar_mlflow.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVER_SCRIPT = REPO_ROOT / "docker" / "mlflow-server.sh"
 POSTGRES_INIT_SQL = REPO_ROOT / "docker" / "postgres-init.sql"
@@ -48,7 +50,7 @@ START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 
 
-class ServerError(RuntimeError):
+class ServerError(UserError):
     """A server that cannot start or stop; its message is one line."""
 
 
@@ -84,17 +86,17 @@ def start(data_dir: Path, port: int = 5000) -> TrackingServer:
     Returns once the server answers; both keep running after this process exits.
     """
     data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
     state_file = data_dir / "server.json"
     if state_file.exists():
         state = json.loads(state_file.read_text())
         if _server_process(state) is not None:
             raise ServerError(
-                f"a server from {data_dir} is already running at {state['uri']}; "
-                f"stop it first with `server stop --data-dir {data_dir}`"
+                f"a server from {data_dir} is already running at {state['uri']}; stop it first "
+                f"with `python -m cifar_mlflow server stop --data-dir {data_dir}`"
             )
         state_file.unlink()
     _ensure_port_free(port)
+    data_dir.mkdir(parents=True, exist_ok=True)
     secret = _load_or_create_secrets(data_dir / "secrets.json")
     postgres = _Postgres(data_dir, secret["postgres_password"])
     try:
@@ -157,16 +159,12 @@ def _start_mlflow(
             start_new_session=True,
         )
     uri = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not _healthy(uri):
-        if process.poll() is not None:
-            raise ServerError(
-                f"mlflow server exited during start-up: {_last_line(log_path)} (log: {log_path})"
-            )
-        if time.monotonic() > deadline:
+    try:
+        _wait_until_healthy(process, uri, log_path)
+    except BaseException:
+        if process.poll() is None:
             _terminate(psutil.Process(process.pid))
-            raise ServerError(f"mlflow server did not answer within {START_TIMEOUT_S:.0f} s")
-        time.sleep(0.5)
+        raise
     state = {
         "uri": uri,
         "pid": process.pid,
@@ -176,6 +174,18 @@ def _start_mlflow(
     }
     (data_dir / "server.json").write_text(json.dumps(state, indent=2))
     return TrackingServer(uri, ADMIN_USERNAME, secret["admin_password"], data_dir)
+
+
+def _wait_until_healthy(process: subprocess.Popen, uri: str, log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _healthy(uri):
+        if process.poll() is not None:
+            raise ServerError(
+                f"mlflow server exited during start-up: {_last_line(log_path)} (log: {log_path})"
+            )
+        if time.monotonic() > deadline:
+            raise ServerError(f"mlflow server did not answer within {START_TIMEOUT_S:.0f} s")
+        time.sleep(0.5)
 
 
 class _Postgres:
@@ -224,8 +234,8 @@ class _Postgres:
     def _init_cluster(self) -> None:
         self.cluster.mkdir(mode=0o700, exist_ok=True)
         password_file = self.cluster.parent / ".initdb-password"
-        password_file.write_text(self.password)
-        password_file.chmod(0o600)
+        password_file.unlink(missing_ok=True)  # left over by a killed first start
+        _write_private(password_file, self.password)
         try:
             if self.as_user:
                 self._hand_to_postgres_user(password_file)
@@ -292,10 +302,14 @@ def _load_or_create_secrets(path: Path) -> dict[str, str]:
         name: secrets.token_urlsafe(24)
         for name in ("postgres_password", "admin_password", "flask_secret_key")
     }
-    # Created private, never written world-readable even for an instant.
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
-        json.dump(secret, file, indent=2)
+    _write_private(path, json.dumps(secret, indent=2))
     return secret
+
+
+def _write_private(path: Path, text: str) -> None:
+    # Created with mode 0600, so never readable by others, not even for an instant.
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(text)
 
 
 def _ensure_port_free(port: int) -> None:
@@ -343,10 +357,6 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
-class _UserError(click.ClickException):
-    exit_code = 2
-
-
 @click.group("server", context_settings={"help_option_names": ["-h", "--help"]})
 def server() -> None:
     """Run the team tracking server without Docker (PostgreSQL + mlflow server, basic auth)."""
@@ -359,13 +369,19 @@ def server() -> None:
     required=True,
     help="Folder of the database, artifacts and credentials; reuse it to keep the runs.",
 )
-@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=5000,
+    show_default=True,
+    help="Port of the server, on 127.0.0.1.",
+)
 def start_command(data_dir: Path, port: int) -> None:
     """Start the server and print the variables that point clients at it (`eval` them)."""
     try:
         running = start(data_dir, port)
     except ServerError as error:
-        raise _UserError(str(error)) from None
+        raise click.UsageError(str(error)) from None
     for name, value in running.env.items():
         click.echo(f"export {name}={shlex.quote(value)}")
     click.echo(
@@ -387,4 +403,4 @@ def stop_command(data_dir: Path) -> None:
     try:
         stop(data_dir)
     except ServerError as error:
-        raise _UserError(str(error)) from None
+        raise click.UsageError(str(error)) from None

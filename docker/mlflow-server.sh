@@ -11,6 +11,7 @@
 #   MLFLOW_ALLOWED_HOSTS                    extra names clients use (localhost always works)
 #   MLFLOW_AUTH_ADMIN_USERNAME              admin
 #   MLFLOW_AUTH_DEFAULT_PERMISSION          READ (what users get on experiments of others)
+#   MLFLOW_AUTH_CACHE_TTL_SECONDS           60 (0 turns the credential cache off)
 #   MLFLOW_AUTH_CONFIG_PATH                 where to write the auth config (a temporary file)
 set -euo pipefail
 
@@ -40,10 +41,14 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-
 # SQLite on the artifacts volume: one pg_dump procedure backs up all but the artifacts, and the
 # uvicorn workers share it without SQLite's "database is locked".
 export MLFLOW_AUTH_CONFIG_PATH=${MLFLOW_AUTH_CONFIG_PATH:-$(mktemp --suffix=.ini)}
+# Checking a password hash costs about 0.3 s of CPU by design, on every request: a training
+# loop that logs each epoch would keep the server busy hashing. Cached credentials make a
+# deleted user or changed password take up to the TTL to expire on the other workers.
 cat >"$MLFLOW_AUTH_CONFIG_PATH" <<INI
 [mlflow]
 default_permission = ${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}
 database_uri = $pg/mlflow_auth
+auth_cache_ttl_seconds = ${MLFLOW_AUTH_CACHE_TTL_SECONDS:-60}
 INI
 
 # uvicorn answers 403 to a Host header it does not list; clients send the name with the port

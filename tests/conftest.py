@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
+from mlflow.tracking import fluent
+
+pytest_plugins = ("tests.fixtures.server",)
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No MLflow state leaks between tests.
+
+    `mlflow.set_experiment` records the experiment in `os.environ` and in a module variable;
+    a later test with another store would otherwise resolve that id in the wrong database.
+    """
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
+    yield
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
 
 
 @pytest.fixture
