@@ -35,3 +35,17 @@ def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "cifar10")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     return uri
+
+
+@pytest.fixture(scope="session")
+def small_synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `data_dir` whose `dataset=synthetic` is a small set (640 train, 200 test images).
+
+    Evaluation over the default 1,000 test and 500 valid images dominates the time of tiny
+    end-to-end trials on a CPU; the loader takes whatever set lies in the folder.
+    """
+    from cifar_mlflow.data import CIFAR_FOLDER, write_synthetic_cifar
+
+    data_dir = tmp_path_factory.mktemp("small-data")
+    write_synthetic_cifar(data_dir / "synthetic" / CIFAR_FOLDER, train_size=640, test_size=200)
+    return data_dir

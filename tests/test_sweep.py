@@ -17,7 +17,8 @@ from cifar_mlflow.studies import BUILTIN_STUDY_DIR, StudyError, load_study
 
 REPO = Path(__file__).resolve().parent.parent
 # Small trials keep the suite fast; the sweep logic is the same at any size.
-SMALL = ["--dataset", "synthetic", "--epochs", "1", "--train-size", "128"]
+SMALL = ["--dataset", "synthetic", "--epochs", "1"]
+NARROW_MIXER = ("embed_dim=64", "num_blocks=2")
 
 
 def runs_of(experiment: str = "cifar10") -> list:
@@ -45,7 +46,7 @@ def sweep(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
 
 def mlflow_run_sweep(*params: str, data_dir: Path) -> subprocess.CompletedProcess:
     command = ["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "sweep"]
-    for param in (*params, "dataset=synthetic", "epochs=1", "train_size=128"):
+    for param in (*params, "dataset=synthetic", "epochs=1"):
         command += ["-P", param]
     command += ["-P", f"data_dir={data_dir}"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -53,9 +54,12 @@ def mlflow_run_sweep(*params: str, data_dir: Path) -> subprocess.CompletedProces
 
 
 @pytest.mark.e2e
-def test_patch_sweep_under_mlflow_run_then_reuse_and_recreate(tracking_store, tmp_path):
-    data_dir = tmp_path / "data"
-    first = mlflow_run_sweep("study=patch", data_dir=data_dir)
+def test_patch_sweep_under_mlflow_run_then_reuse_and_recreate(
+    tracking_store, tmp_path, small_synthetic_dir
+):
+    data_dir = small_synthetic_dir
+    # A narrower Mixer than the default (D 64, 2 blocks) keeps four CPU trials quick.
+    first = mlflow_run_sweep("study=patch", *NARROW_MIXER, data_dir=data_dir)
     assert first.returncode == 0, first.stderr[-3000:]
     parents, children = parents_and_children()
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -75,7 +79,7 @@ def test_patch_sweep_under_mlflow_run_then_reuse_and_recreate(tracking_store, tm
     assert yaml.safe_load(Path(study_text).read_text())["grid"] == {"patch_size": [2, 4, 8, 16]}
 
     # The same command again: a new parent, no new trial, all four referenced as reused.
-    again = mlflow_run_sweep("study=patch", data_dir=data_dir)
+    again = mlflow_run_sweep("study=patch", *NARROW_MIXER, data_dir=data_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     parents, children_after = parents_and_children()
     assert len(parents) == 2 and len(children_after) == 4
@@ -87,7 +91,7 @@ def test_patch_sweep_under_mlflow_run_then_reuse_and_recreate(tracking_store, tm
     # Deleting one trial makes the next run recreate exactly that one.
     deleted = next(c for c in children if c.data.params["patch_size"] == "8")
     client.delete_run(deleted.info.run_id)
-    third = mlflow_run_sweep("study=patch", data_dir=data_dir)
+    third = mlflow_run_sweep("study=patch", *NARROW_MIXER, data_dir=data_dir)
     assert third.returncode == 0, third.stderr[-3000:]
     parents, children_now = parents_and_children()
     assert len(parents) == 3
@@ -99,8 +103,8 @@ def test_patch_sweep_under_mlflow_run_then_reuse_and_recreate(tracking_store, tm
 
 
 @pytest.mark.e2e
-def test_two_seeds_give_two_children_per_setting(tracking_store, tmp_path):
-    result = sweep("--study", "activation", "--seeds", "2", data_dir=tmp_path / "data")
+def test_two_seeds_give_two_children_per_setting(tracking_store, small_synthetic_dir):
+    result = sweep("--study", "activation", "--seeds", "2", data_dir=small_synthetic_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     _, children = parents_and_children()
     assert len(children) == 6
@@ -114,13 +118,15 @@ def test_two_seeds_give_two_children_per_setting(tracking_store, tmp_path):
 
 
 @pytest.mark.e2e
-def test_failing_trial_is_recorded_and_the_sweep_goes_on(tracking_store, tmp_path):
+def test_failing_trial_is_recorded_and_the_sweep_goes_on(
+    tracking_store, tmp_path, small_synthetic_dir
+):
     # Valid for the configuration, but the first layer cannot be allocated: fails in training.
     study = tmp_path / "too_wide.yaml"
     study.write_text(
         "model: mlp\ngrid:\n  hidden_sizes: [[64], [100000000000]]\n  activation: [relu]\n"
     )
-    result = sweep("--study", str(study), data_dir=tmp_path / "data")
+    result = sweep("--study", str(study), data_dir=small_synthetic_dir)
     assert result.returncode == 1
     assert "1 of 2 trials failed" in result.stderr
     parents, children = parents_and_children()
@@ -157,8 +163,8 @@ def test_bad_study_is_one_line_exit_2_and_no_run(tracking_store, tmp_path, capsy
 
 
 @pytest.mark.e2e
-def test_unknown_study_under_mlflow_run_fails_its_run(tracking_store, tmp_path):
-    result = mlflow_run_sweep("study=nosuchstudy", data_dir=tmp_path / "data")
+def test_unknown_study_under_mlflow_run_fails_its_run(tracking_store, small_synthetic_dir):
+    result = mlflow_run_sweep("study=nosuchstudy", data_dir=small_synthetic_dir)
     assert result.returncode != 0
     (run,) = runs_of()
     assert run.info.status == "FAILED"
