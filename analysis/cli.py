@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from analysis.query import AnalysisError
+from cifar_mlflow.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -23,10 +24,16 @@ class OneLineUsageError(click.UsageError):
 
 
 class AnalysisCommand(click.Command):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            raise OneLineUsageError(error.format_message(), ctx) from error
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except AnalysisError as error:
+        except (AnalysisError, UserError) as error:
             raise OneLineUsageError(str(error), ctx) from error
 
 

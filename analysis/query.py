@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from cifar_mlflow import schema
+from cifar_mlflow.server import check_reachable
 
 # Per-run, per-metric history requests are independent REST round trips: overlapping them hides
 # the latency of a remote server (sequentially, 60 requests x 50 ms is already 3 s). Kept under
@@ -93,6 +94,7 @@ class Tracking:
         # `None` resolves like every MLflow tool: MLFLOW_TRACKING_URI, else MLflow's default.
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri: str = self.client.tracking_uri
+        check_reachable(self.tracking_uri)
 
     def experiment_ids(self, experiment: str | None = None) -> list[str]:
         """The named experiment, or every active experiment when `experiment` is None."""

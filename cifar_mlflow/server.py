@@ -48,6 +48,7 @@ HOST = "127.0.0.1"
 WORKERS = 2
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
+REACHABLE_TIMEOUT_S = 5.0
 
 
 class ServerError(UserError):
@@ -350,6 +351,22 @@ def _healthy(uri: str) -> bool:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = REACHABLE_TIMEOUT_S) -> None:
+    """Fail in seconds, in one line, when the tracking server cannot be reached.
+
+    MLflow's own client retries with backoff for minutes before it gives up.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return  # any answer, 401 included, means a server is there
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise ServerError(f"tracking server {tracking_uri} is unreachable ({reason})") from None
 
 
 def _last_line(path: Path) -> str:
