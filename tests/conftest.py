@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow import MlflowClient
 from mlflow.tracking import fluent
 
 pytest_plugins = ("tests.fixtures.server",)
@@ -26,9 +29,23 @@ def isolated_mlflow_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         mlflow.end_run()
 
 
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, already migrated SQLite store: creating one costs seconds, copying it not."""
+    folder = tmp_path_factory.mktemp("template")
+    cwd = Path.cwd()
+    os.chdir(folder)  # the Default experiment's artifact folder is resolved from here
+    try:
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    finally:
+        os.chdir(cwd)
+    return folder / "mlflow.db"
+
+
 @pytest.fixture
-def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated_db: Path) -> str:
     """A fresh SQLite tracking store; the test runs in `tmp_path` with MLflow pointed at it."""
+    shutil.copyfile(migrated_db, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,22 +23,8 @@ from tests import fake_runs
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty SQLite store with MLflow's tables; creating one costs a second of migrations."""
-    folder = tmp_path_factory.mktemp("empty-store")
-    cwd = Path.cwd()
-    os.chdir(folder)  # the Default experiment's artifact folder is resolved from here
-    try:
-        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
-    finally:
-        os.chdir(cwd)
-    return folder / "mlflow.db"
-
-
 @pytest.fixture
-def client(tracking_store: str, empty_store: Path) -> MlflowClient:
-    shutil.copyfile(empty_store, tracking_store.removeprefix("sqlite:///"))
+def client(tracking_store: str) -> MlflowClient:
     return MlflowClient(tracking_store)
 
 

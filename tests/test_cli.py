@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -39,22 +38,8 @@ main(sys.argv[1:])
 """
 
 
-@pytest.fixture(scope="session")
-def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty, already migrated SQLite store: creating one costs seconds, copying it not."""
-    folder = tmp_path_factory.mktemp("template")
-    cwd = os.getcwd()
-    os.chdir(folder)  # the Default experiment's artifact folder is resolved from here
-    try:
-        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
-    finally:
-        os.chdir(cwd)
-    return folder / "mlflow.db"
-
-
 @pytest.fixture
-def store(tracking_store: str, tmp_path: Path, migrated_db: Path) -> MlflowClient:
-    shutil.copy(migrated_db, tmp_path / "mlflow.db")
+def store(tracking_store: str) -> MlflowClient:
     return MlflowClient(tracking_store)
 
 

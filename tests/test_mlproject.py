@@ -73,19 +73,6 @@ class MlflowRunResult:
 
 
 @pytest.fixture(scope="module")
-def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty, already migrated SQLite store: creating one costs seconds, copying it not."""
-    folder = tmp_path_factory.mktemp("template")
-    cwd = os.getcwd()
-    os.chdir(folder)  # the Default experiment's artifact folder is resolved from here
-    try:
-        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
-    finally:
-        os.chdir(cwd)
-    return folder / "mlflow.db"
-
-
-@pytest.fixture(scope="module")
 def checkout_before() -> dict[str, bool]:
     return {name: (REPO / name).exists() for name in CHECKOUT_OUTPUTS}
 

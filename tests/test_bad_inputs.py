@@ -1,0 +1,80 @@
+"""Each row of the README's "Bad input" table: one line on stderr, exit status 2, no run."""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from cifar_mlflow.cli import main as cifar_main
+from cifar_mlflow.data import CIFAR_FOLDER, TRAIN_BATCHES
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def table_rows() -> list[tuple[str, str]]:
+    text = README.read_text()
+    table = text.split("<!-- bad-inputs:start -->")[1].split("<!-- bad-inputs:end -->")[0]
+    return re.findall(r"^\| `([^`]+)` \| (.+?) \|$", table, flags=re.MULTILINE)
+
+
+ROWS = table_rows()
+
+
+def test_the_table_lists_at_least_20_bad_inputs_across_train_sweep_and_analysis():
+    commands = [command for command, _ in ROWS]
+    assert len(commands) >= 20
+    for tool in ("cifar_mlflow train", "cifar_mlflow sweep", "analysis."):
+        assert any(tool in command for command in commands), tool
+
+
+@pytest.fixture
+def bad_files(tracking_store: str, tmp_path: Path) -> Path:
+    """The broken inputs the table's commands name, in the test's working folder."""
+    broken = tmp_path / "broken-data" / CIFAR_FOLDER
+    broken.mkdir(parents=True)
+    for name in (*TRAIN_BATCHES, "test_batch"):
+        (broken / name).write_bytes(pickle.dumps({"not": "a CIFAR batch"}))
+    (tmp_path / "broken.yaml").write_text("model: mlp\ngrid: [unclosed\n")
+    (tmp_path / "typo.yaml").write_text("model: mlp\ngrdi: {lr: [0.1]}\n")
+    MlflowClient().search_experiments()  # an existing store: no table-creation log lines
+    return tmp_path
+
+
+def invoke(command: str) -> int:
+    """Run a README command line in this process: `VAR=value python -m MODULE args`."""
+    words = shlex.split(command)
+    python = words.index("python")
+    env = dict(word.split("=", 1) for word in words[:python])
+    module, args = words[python + 2], words[python + 3 :]
+    mp = pytest.MonkeyPatch()
+    for name, value in env.items():
+        mp.setenv(name, value)
+    try:
+        if module == "cifar_mlflow":
+            cifar_main(args)
+        else:
+            importlib.import_module(module).main.main(args=args, prog_name=f"python -m {module}")
+    except SystemExit as exit_info:
+        return exit_info.code
+    finally:
+        mp.undo()
+    return 0
+
+
+@pytest.mark.parametrize(("command", "message"), ROWS, ids=[command for command, _ in ROWS])
+def test_bad_input_is_one_line_exit_2_and_no_run(bad_files, capsys, command, message):
+    capsys.readouterr()
+    assert invoke(command) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("Error: ") and message in lines[0]
+    assert (
+        MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()])
+        == []
+    )
