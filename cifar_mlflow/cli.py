@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
@@ -12,7 +13,7 @@ import click
 
 from cifar_mlflow import schema
 from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.errors import UserError
+from cifar_mlflow.errors import TrainingError, UserError
 from cifar_mlflow.server import server
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -86,24 +87,41 @@ def cli() -> None:
 @click.option(
     "--study", default=schema.NO_STUDY, show_default=True, help="Value of the run's `study` tag."
 )
+@click.option(
+    "--resume",
+    metavar="RUN_ID",
+    default=None,
+    help="Continue this run from its last checkpointed epoch (with its own options).",
+)
 @report_user_errors
-def train(experiment: str, study: str, **options: Any) -> None:
+def train(experiment: str, study: str, resume: str | None, **options: Any) -> None:
     """Train one model and track it as an MLflow run."""
     from cifar_mlflow import tracking
     from cifar_mlflow.data import load_arrays
     from cifar_mlflow.progress import ProgressCallback
 
-    config = TrainConfig.from_overrides(overrides_from(options))
-    warn_ignored(config)
-    tracking.check_tracking_server()
+    overrides = overrides_from(options)
+    if resume:
+        # `mlflow run` passes every declared option; only a changed one is a mistake.
+        if TrainConfig.from_overrides(overrides) != TrainConfig():
+            raise UserError("--resume continues a run with its own options; give no other option")
+        tracking.check_tracking_server()
+        run, config, state = tracking.resumable_run(resume)
+        study = run.data.tags.get(schema.TAG_STUDY, study)
+        tracking.point_launcher_to(resume)
+    else:
+        config, state = TrainConfig.from_overrides(overrides), None
+        warn_ignored(config)
+        tracking.check_tracking_server()
     arrays = load_arrays(config)
     run, _ = tracking.train_tracked(
         config,
         arrays,
         study=study,
-        run_id=tracking.run_id_from_mlflow_run(),
+        run_id=resume or tracking.run_id_from_mlflow_run(),  # `mlflow run -P resume=ID` too
         experiment=experiment,
         callbacks=[ProgressCallback(config.run_name())],
+        resume=state,
     )
     click.echo(f"Finished {run.info.run_name}: {tracking.run_link(run)}")
 
@@ -179,6 +197,10 @@ def data(**options: Any) -> None:
 cli.add_command(server)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def warn_ignored(config: TrainConfig) -> None:
     for name in config.ignored_overrides():
         click.echo(
@@ -189,13 +211,21 @@ def warn_ignored(config: TrainConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: click's usage errors become one line and exit status 2."""
+    """Entry point: click's usage errors become one line and exit status 2.
+
+    SIGTERM is handled like Ctrl-C: the current step is abandoned, the run ends KILLED and its
+    last checkpoint stays for `--resume`.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         status = cli.main(args=argv, prog_name="python -m cifar_mlflow", standalone_mode=False)
     except click.UsageError as error:
         click.echo(f"Error: {error.format_message()}", err=True)
         sys.exit(2)
+    except TrainingError as error:
+        click.echo(f"Error: {error} (the run is marked FAILED)", err=True)
+        sys.exit(1)
     except click.Abort:
-        click.echo("Aborted.", err=True)
+        click.echo("Aborted: the run is marked KILLED; continue it with --resume RUN_ID.", err=True)
         sys.exit(130)
     sys.exit(status if isinstance(status, int) else 0)

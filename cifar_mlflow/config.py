@@ -72,6 +72,10 @@ class TrainConfig:
     epochs: int = field(default=15, metadata=_help("Number of epochs, >= 1."))
     seed: int = field(default=42, metadata=_help("Seed of the split, initialisation and batches."))
     device: str = field(default="auto", metadata=_help(f"{' | '.join(DEVICES)}."))
+    checkpoint_dir: str = field(
+        default="./checkpoints",
+        metadata=_help("Folder of the per-epoch checkpoints (RUN_ID/last.pt), for --resume."),
+    )
 
     def __post_init__(self) -> None:
         _require_choice("model", self.model, MODELS)
@@ -80,8 +84,9 @@ class TrainConfig:
         _require_choice("mixer_activation", self.mixer_activation, MIXER_ACTIVATIONS)
         _require_choice("optimizer", self.optimizer, OPTIMIZERS)
         _require_choice("device", self.device, DEVICES)
-        if not self.data_dir:
-            raise ConfigError("data_dir must be a folder path, got an empty value")
+        for folder in ("data_dir", "checkpoint_dir"):
+            if not getattr(self, folder):
+                raise ConfigError(f"{folder} must be a folder path, got an empty value")
         _require(self.train_size >= 0, "train_size", self.train_size, "an integer >= 0")
         _require(
             len(self.hidden_sizes) >= 1 and all(size >= 1 for size in self.hidden_sizes),
@@ -141,10 +146,10 @@ class TrainConfig:
     def trial_key(self) -> str:
         """Stable hash of everything that changes the result of training.
 
-        Fields without effect and the data folder's location are left out, so the same trial
+        Fields without effect and the locations of folders are left out, so the same trial
         has the same key on every machine and whatever the unused options say.
         """
-        skipped = {*self.unused_fields(), "data_dir"}
+        skipped = {*self.unused_fields(), "data_dir", "checkpoint_dir"}
         relevant = {k: v for k, v in self.to_params().items() if k not in skipped}
         text = json.dumps(relevant, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

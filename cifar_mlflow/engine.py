@@ -7,21 +7,33 @@ loop runs and is tested without any tracking server.
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifar_mlflow.checkpoint import TrainingState, save_checkpoint
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import DeviceData, Split, augment
+from cifar_mlflow.errors import TrainingError
 from cifar_mlflow.models import build_model, count_parameters
 
+# Evaluation batch: large on a GPU, where a small model would otherwise wait on kernel launches.
+# On a CPU, 128 images keep the activations of ResNet18 and the Mixer in cache (their inference
+# measured 10-25 % slower at 1,000 on a 2-core EPYC); the MLP's activations are small at any size.
 EVAL_BATCH_SIZE = 1_000
+GPU_EVAL_BATCH_SIZE = 5_000  # the whole valid split in one forward pass
+CPU_CACHE_EVAL_BATCH_SIZE = 128
+GPU_AUGMENT_BATCHES = 64  # training batches augmented per call on a GPU: fewer, larger launches
+DIVERGED_LOSS_FACTOR = 100.0  # × the chance-level loss; see `fit`
 INFERENCE_REPEATS = 3  # timed forward passes over the valid split, after one warm-up
+CONV_MODELS = ("resnet18", "mlpmixer")  # models whose first layer is a convolution
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,9 @@ class Callback:
     def on_batch_end(self) -> None:
         pass
 
+    def on_checkpoint(self, state: TrainingState) -> None:
+        pass
+
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
         pass
 
@@ -68,13 +83,36 @@ class Callback:
         pass
 
 
+class NonFiniteLossError(TrainingError):
+    """The loss diverged; training cannot recover from it."""
+
+
+class CheckpointCallback(Callback):
+    """Writes each epoch's state to `path`, replacing the previous one atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_checkpoint(self, state: TrainingState) -> None:
+        save_checkpoint(self.path, state)
+
+
 @dataclass(frozen=True)
 class Environment:
-    """How to run on a device: autocast dtype, memory format, synchronisation."""
+    """How to run a model on a device: precision, memory format, batching, compilation."""
 
     device: torch.device
     amp_dtype: torch.dtype | None  # None = full fp32
     memory_format: torch.memory_format
+    eval_batch_size: int = EVAL_BATCH_SIZE
+    augment_batches: int = 1  # training batches augmented together by one `augment` call
+    compile: bool = False  # torch.compile the model; compiling is paid in the first epoch
+
+    def compiled(self, model: nn.Module) -> nn.Module:
+        """`model`, or with `compile` a compiled wrapper that shares its parameters."""
+        # Static shapes: an epoch sees two batch sizes (full and last) and evaluation one or
+        # two, so a few specialised graphs beat one dynamic graph for every batch.
+        return torch.compile(model, dynamic=False) if self.compile else model
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -99,7 +137,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def environment_for(config: TrainConfig) -> Environment:
+def environment_for(
+    config: TrainConfig, compile: bool = False, bf16: bool | None = None
+) -> Environment:
+    """The fastest known way to run `config` on its device; `compile` adds torch.compile.
+
+    `bf16` turns bf16 autocast on or off; by default it is on with CUDA only, so that CPU runs
+    stay in full fp32. On a CPU with native bf16 (AVX512-BF16, AMX) it halves the training time
+    of all three models; elsewhere it is slower than fp32.
+    """
     device = resolve_device(config.device)
     on_cuda = device.type == "cuda"
     if on_cuda:
@@ -107,11 +153,25 @@ def environment_for(config: TrainConfig) -> Environment:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    channels_last = on_cuda and config.model == "resnet18"
+    if bf16 is None:
+        bf16 = on_cuda
+    # Channels-last convolutions: ResNet18 trains ~15 % faster with oneDNN on a CPU, cuDNN feeds
+    # tensor cores with them, and the Mixer's stem then emits its tokens without a copy.
+    channels_last = config.model in CONV_MODELS and device.type in ("cpu", "cuda")
+    if device.type != "cpu":
+        eval_batch_size = GPU_EVAL_BATCH_SIZE
+    elif config.model in CONV_MODELS:
+        eval_batch_size = CPU_CACHE_EVAL_BATCH_SIZE
+    else:
+        eval_batch_size = EVAL_BATCH_SIZE
     return Environment(
         device=device,
-        amp_dtype=torch.bfloat16 if on_cuda else None,
+        amp_dtype=torch.bfloat16 if bf16 else None,
         memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+        eval_batch_size=eval_batch_size,
+        # On a CPU one batch at a time stays in cache; a GPU prefers fewer, larger launches.
+        augment_batches=1 if device.type == "cpu" else GPU_AUGMENT_BATCHES,
+        compile=compile,
     )
 
 
@@ -123,7 +183,9 @@ def build_optimizer(
     `momentum` is SGD's momentum for `momentum` and Adam's beta1 for `adam`/`adamw`.
     """
     params = model.parameters()
-    fused = {"fused": True} if device.type == "cuda" else {}
+    # One fused kernel per step instead of a few per parameter: on a CPU, AdamW's step over the
+    # MLP's 3.7 M parameters takes 2.3 ms fused against 8 ms with the default `foreach`.
+    fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
     if config.optimizer in ("sgd", "momentum"):
         momentum = config.momentum if config.optimizer == "momentum" else 0.0
         return torch.optim.SGD(
@@ -142,22 +204,40 @@ def build_optimizer(
 def batches(
     split: Split, batch_size: int, generator: torch.Generator | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches of a split; shuffled when a generator is given."""
+    """Mini-batches of a split; shuffled when a generator is given, else views in order."""
     if generator is None:
-        order = torch.arange(len(split), device=split.labels.device)
-    else:
-        order = torch.randperm(len(split), device=split.labels.device, generator=generator)
+        for start in range(0, len(split), batch_size):
+            end = start + batch_size
+            yield split.images[start:end], split.labels[start:end]
+        return
+    order = torch.randperm(len(split), device=split.labels.device, generator=generator)
     for start in range(0, len(split), batch_size):
         index = order[start : start + batch_size]
         yield split.images[index], split.labels[index]
 
 
+def training_batches(
+    split: Split, batch_size: int, generator: torch.Generator, env: Environment
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled, augmented mini-batches, augmented `env.augment_batches` batches at a time."""
+    chunk_size = batch_size * env.augment_batches
+    for chunk_images, chunk_labels in batches(split, chunk_size, generator):
+        chunk_images = augment(chunk_images, generator).contiguous(memory_format=env.memory_format)
+        for start in range(0, len(chunk_labels), batch_size):
+            end = start + batch_size
+            yield chunk_images[start:end], chunk_labels[start:end]
+
+
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, split: Split, env: Environment, batch_size: int = EVAL_BATCH_SIZE
+    model: nn.Module, split: Split, env: Environment, batch_size: int | None = None
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `model` on `split`, in eval mode."""
+    """Mean cross-entropy and accuracy of `model` on `split`, in eval mode.
+
+    `batch_size` defaults to the environment's evaluation batch.
+    """
     model.eval()
+    batch_size = batch_size or env.eval_batch_size
     loss_sum = torch.zeros((), device=env.device)
     correct = torch.zeros((), device=env.device, dtype=torch.long)
     for images, labels in batches(split, batch_size):
@@ -183,7 +263,7 @@ def inference_time(model: nn.Module, split: Split, env: Environment) -> float:
 
     @torch.inference_mode()
     def forward_all() -> None:
-        for images, _ in batches(split, EVAL_BATCH_SIZE):
+        for images, _ in batches(split, env.eval_batch_size):
             with env.autocast():
                 model(images)
 
@@ -204,8 +284,7 @@ def train_one_epoch(
     model.train()
     loss_sum = torch.zeros((), device=env.device)
     correct = torch.zeros((), device=env.device, dtype=torch.long)
-    for images, labels in batches(split, config.batch_size, generator):
-        images = augment(images, generator)
+    for images, labels in training_batches(split, config.batch_size, generator, env):
         with env.autocast():
             logits = model(images)
             loss = F.cross_entropy(logits.float(), labels)
@@ -225,28 +304,50 @@ def fit(
     data: DeviceData,
     env: Environment,
     callbacks: Sequence[Callback] = (),
+    resume: TrainingState | None = None,
 ) -> tuple[nn.Module, FinalMetrics]:
-    """Train `config` on `data`: epochs of train + valid, then the test split once."""
+    """Train `config` on `data`: epochs of train + valid, then the test split once.
+
+    With `resume`, training continues after the checkpointed epoch exactly as if it had never
+    stopped: weights, optimiser state and both random streams are restored.
+    """
     torch.manual_seed(config.seed)
     model = build_model(config, data.num_classes).to(env.device, memory_format=env.memory_format)
     optimizer = build_optimizer(config, model, env.device)
+    # Training and evaluation go through `forward`; callbacks and the caller get `model` itself.
+    forward = env.compiled(model)
     # Batch order and augmentation draw from their own stream, so they are the same for a
     # seed whatever the model's initialisation consumed.
     generator = torch.Generator(env.device).manual_seed(config.seed)
+    history: list[dict[str, float]] = []
+    epoch_times: list[float] = []
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        generator.set_state(resume.generator)
+        torch.set_rng_state(resume.torch_rng)
+        history, epoch_times = list(resume.history), list(resume.epoch_times)
     batches_per_epoch = -(-len(data.train) // config.batch_size)
     for callback in callbacks:
         callback.on_train_start(model, config.epochs, batches_per_epoch)
 
-    epoch_times: list[float] = []
-    best_valid_acc = 0.0
-    for epoch in range(1, config.epochs + 1):
+    best_valid_acc = max((epoch["valid_acc"] for epoch in history), default=0.0)
+    # Far beyond chance level (ln of the class count): the weights have blown up. With Adam the
+    # loss can stay finite there (1e12 and more), so finiteness alone does not catch it.
+    diverged_loss = DIVERGED_LOSS_FACTOR * math.log(data.num_classes)
+    for epoch in range(len(history) + 1, config.epochs + 1):
         env.synchronize()
         start = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
-            model, optimizer, data.train, config, env, generator, callbacks
+            forward, optimizer, data.train, config, env, generator, callbacks
         )
         epoch_times.append(time.perf_counter() - start)  # train_one_epoch ended with a sync
-        valid_loss, valid_acc = evaluate(model, data.valid, env)
+        if not math.isfinite(train_loss) or train_loss > diverged_loss:
+            raise NonFiniteLossError(
+                f"non-finite or diverged training loss ({train_loss:.4g} in epoch {epoch}); "
+                f"lower lr (now {config.lr:g})"
+            )
+        valid_loss, valid_acc = evaluate(forward, data.valid, env)
         best_valid_acc = max(best_valid_acc, valid_acc)
         metrics = EpochMetrics(
             epoch=epoch,
@@ -257,13 +358,26 @@ def fit(
             epoch_time_s=epoch_times[-1],
             lr=optimizer.param_groups[0]["lr"],
         )
+        history.append(asdict(metrics))
+        # Checkpoint before reporting: an epoch the server has seen is always resumable.
+        state = TrainingState(
+            epoch=epoch,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            generator=generator.get_state(),
+            torch_rng=torch.get_rng_state(),
+            history=history,
+            epoch_times=epoch_times,
+        )
+        for callback in callbacks:
+            callback.on_checkpoint(state)
         for callback in callbacks:
             callback.on_epoch_end(metrics)
 
-    # The first epoch pays for warm-up (allocator, cuDNN autotuning), so it is left out.
+    # The first epoch pays for warm-up (allocator, cuDNN autotuning, compiling), so it is left out.
     train_epoch_time = statistics.median(epoch_times[1:] or epoch_times)
-    valid_time = inference_time(model, data.valid, env)
-    test_loss, test_acc = evaluate(model, data.test, env)
+    valid_time = inference_time(forward, data.valid, env)
+    test_loss, test_acc = evaluate(forward, data.test, env)
     final = FinalMetrics(
         test_loss=test_loss,
         test_acc=test_acc,

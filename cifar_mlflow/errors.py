@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """A mistake the user can fix (bad option, missing data, malformed study file)."""
+
+
+class TrainingError(Exception):
+    """Training itself failed (e.g. the loss diverged); the run ends FAILED with the reason."""

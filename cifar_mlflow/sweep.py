@@ -66,8 +66,17 @@ def data_sets(configs: Sequence[TrainConfig]) -> dict[tuple[str, str], CifarArra
 def run_trial(
     config: TrainConfig, arrays: CifarArrays, study_name: str, parent: tracking.Run, label: str
 ) -> TrialOutcome:
-    """Train one trial as a child run of `parent`; a failure is recorded, not raised."""
-    run_id = tracking.create_trial_run(parent, config, study_name)
+    """Train one trial as a child run of `parent`; a failure is recorded, not raised.
+
+    A trial whose earlier run died (RUNNING or KILLED) continues in that run, from its last
+    checkpoint, and moves under `parent`: no trial is run twice.
+    """
+    interrupted = tracking.find_interrupted_run(parent.info.experiment_id, config.trial_key())
+    if interrupted is None:
+        run_id, resume = tracking.create_trial_run(parent, config, study_name), None
+    else:
+        run_id, resume = interrupted.info.run_id, tracking.checkpoint_of(config, interrupted)
+        tracking.adopt_trial_run(parent, run_id)
     try:
         _, final = tracking.train_tracked(
             config,
@@ -75,6 +84,7 @@ def run_trial(
             study=study_name,
             run_id=run_id,
             callbacks=[ProgressCallback(label)],
+            resume=resume,
         )
     except Exception as error:
         return TrialOutcome(config, "failed", run_id, error=f"{type(error).__name__}: {error}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
@@ -20,18 +21,29 @@ from mlflow import MlflowClient
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric, Run, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.utils.time import get_current_time_millis
 from torch import nn
 
 import cifar_mlflow
 from cifar_mlflow import schema
-from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.checkpoint import TrainingState, checkpoint_path, load_checkpoint
+from cifar_mlflow.config import TrainConfig, field_types
 from cifar_mlflow.data import CifarArrays, to_device
-from cifar_mlflow.engine import Callback, EpochMetrics, FinalMetrics, environment_for, fit
+from cifar_mlflow.engine import (
+    Callback,
+    CheckpointCallback,
+    EpochMetrics,
+    FinalMetrics,
+    environment_for,
+    fit,
+)
+from cifar_mlflow.errors import UserError
 from cifar_mlflow.server import check_reachable
 from cifar_mlflow.weights import weights_figure
 
 SYSTEM_METRICS_INTERVAL_S = 5.0  # MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it
+ASYNC_LOGGING_BUFFER_S = 1  # MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS overrides it (whole seconds)
 
 
 def run_id_from_mlflow_run() -> str | None:
@@ -115,6 +127,9 @@ def training_run(
     # The setter writes the environment variable itself: only fill it in when the user has not.
     if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    # Buffering, MLflow's logging thread waits on its stop event instead of polling its queue
+    # once a second, so ending the run drains it in milliseconds rather than up to a second.
+    os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", str(ASYNC_LOGGING_BUFFER_S))
     run = mlflow.start_run(
         run_id=run_id,
         run_name=None if run_id else config.run_name(),
@@ -128,7 +143,8 @@ def training_run(
         tags = {**run_tags(config, study, torch_device), "mlflow.runName": config.run_name()}
         mlflow.set_tags(tags)
         log_new_params(run_id, config.to_params())
-        log_dataset(arrays)
+        if not run.inputs.dataset_inputs:  # a continued run has it already
+            log_dataset(arrays)
         yield run
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
@@ -138,8 +154,16 @@ def training_run(
         mlflow.end_run("FAILED")
         raise
     else:
-        mlflow.flush_async_logging()
+        # end_run drains the asynchronous queue itself; flushing it first would stop and
+        # restart its thread, which takes up to a second each time.
         mlflow.end_run("FINISHED")
+
+
+def point_launcher_to(resumed_run_id: str) -> None:
+    """Under `mlflow run -P resume=ID`, MLflow's new run only launches the continued one."""
+    launcher = run_id_from_mlflow_run()
+    if launcher and launcher != resumed_run_id:
+        MlflowClient().set_tag(launcher, "resumed_run_id", resumed_run_id)
 
 
 def record_failure(run_id: str, reason: str) -> None:
@@ -160,24 +184,38 @@ def run_link(run: Run) -> str:
 class MlflowCallback(Callback):
     """Logs the engine's reports to the active run."""
 
-    def __init__(self, run_id: str, config: TrainConfig, input_example: torch.Tensor) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        config: TrainConfig,
+        input_example: torch.Tensor,
+        logged_epochs: set[int] | None = None,
+    ) -> None:
         self.run_id = run_id
         self.config = config
         self.input_example = input_example
+        # Epochs the server holds already (a resumed run): never logged twice.
+        self.logged_epochs = set(logged_epochs or ())
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
-        # One batched call per epoch, sent from a background thread.
-        mlflow.log_metrics(
-            metrics.metrics(), step=metrics.epoch, run_id=self.run_id, synchronous=False
-        )
+        if metrics.epoch not in self.logged_epochs:
+            self._log_metrics(metrics.metrics(), step=metrics.epoch)
+            self.logged_epochs.add(metrics.epoch)
 
     def on_train_end(self, model: nn.Module, metrics: FinalMetrics) -> None:
-        mlflow.log_metrics(asdict(metrics), run_id=self.run_id, synchronous=False)
+        self._log_metrics(asdict(metrics), step=0)
         client = MlflowClient()
         config = {"config": self.config.to_params(), "trial_key": self.config.trial_key()}
         client.log_dict(self.run_id, config, schema.CONFIG_ARTIFACT)
         client.log_figure(self.run_id, weights_figure(model), schema.WEIGHTS_FIGURE_ARTIFACT)
         log_model(model, self.input_example)
+
+    def _log_metrics(self, values: Mapping[str, float], step: int) -> None:
+        # One batched call, queued for MLflow's background thread (under a millisecond here).
+        # `mlflow.log_metrics(run_id=...)` would first fetch the run: a blocking round trip.
+        now = get_current_time_millis()
+        metrics = [Metric(key, float(value), now, step) for key, value in values.items()]
+        MlflowClient().log_batch(self.run_id, metrics=metrics, synchronous=False)
 
 
 def log_model(model: nn.Module, input_example: torch.Tensor) -> None:
@@ -207,8 +245,13 @@ def train_tracked(
     run_id: str | None = None,
     experiment: str | None = None,
     callbacks: Sequence[Callback] = (),
+    resume: TrainingState | None = None,
 ) -> tuple[Run, FinalMetrics]:
-    """Train `config` on `arrays` inside a tracked run; returns the finished run."""
+    """Train `config` on `arrays` inside a tracked run; returns the finished run.
+
+    Each epoch is checkpointed; with `resume` (the checkpoint of run `run_id`) training
+    continues after its epoch, and epochs the server never received are logged first.
+    """
     env = environment_for(config)
     data = to_device(arrays, config, env.device, env.memory_format)
     with training_run(
@@ -219,9 +262,63 @@ def train_tracked(
         run_id=run_id,
         experiment=experiment,
     ) as run:
-        tracker = MlflowCallback(run.info.run_id, config, data.valid.images[:2])
-        _, final = fit(config, data, env, [*callbacks, tracker])
-    return MlflowClient().get_run(run.info.run_id), final
+        run_id = run.info.run_id
+        tracker = MlflowCallback(run_id, config, data.valid.images[:2], logged_epochs(run_id))
+        for epoch in resume.history if resume else ():
+            tracker.on_epoch_end(EpochMetrics(**epoch))
+        checkpoint = checkpoint_path(config.checkpoint_dir, run_id)
+        _, final = fit(
+            config, data, env, [*callbacks, CheckpointCallback(checkpoint), tracker], resume
+        )
+    # A finished run needs no checkpoint; a failed or killed one keeps it for --resume.
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    return MlflowClient().get_run(run_id), final
+
+
+def logged_epochs(run_id: str) -> set[int]:
+    """Epochs whose metrics the server already holds."""
+    history = MlflowClient().get_metric_history(run_id, schema.EPOCH_METRICS[0])
+    return {metric.step for metric in history}
+
+
+def resumable_run(run_id: str) -> tuple[Run, TrainConfig, TrainingState]:
+    """The run to continue, its configuration and its last checkpoint; UserError if none."""
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise UserError(f"no run with id {run_id!r} on {mlflow.get_tracking_uri()}") from None
+    if run.info.status == "FINISHED":
+        raise UserError(f"run {run_id} already FINISHED; nothing to resume")
+    params = run.data.params
+    config = TrainConfig.from_overrides({k: v for k, v in params.items() if k in field_types()})
+    state = load_checkpoint(checkpoint_path(config.checkpoint_dir, run_id))
+    if state is None:
+        raise UserError(
+            f"run {run_id} has no checkpoint in {config.checkpoint_dir}; it cannot be resumed"
+        )
+    return run, config, state
+
+
+def find_interrupted_run(experiment_id: str, trial_key: str) -> Run | None:
+    """The latest run of `trial_key` that died while training (RUNNING or KILLED), if any."""
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.{schema.TAG_TRIAL_KEY} = '{trial_key}' and attributes.status != 'FINISHED'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs and runs[0].info.status in ("RUNNING", "KILLED") else None
+
+
+def checkpoint_of(config: TrainConfig, run: Run) -> TrainingState | None:
+    return load_checkpoint(checkpoint_path(config.checkpoint_dir, run.info.run_id))
+
+
+def adopt_trial_run(parent: Run, run_id: str) -> None:
+    """Move a trial under `parent`, where the sweep that continues it shows it."""
+    MlflowClient().set_tag(run_id, schema.TAG_PARENT_RUN_ID, parent.info.run_id)
 
 
 def find_finished_run(experiment_id: str, trial_key: str) -> Run | None:
