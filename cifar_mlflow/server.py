@@ -315,6 +315,8 @@ def _write_private(path: Path, text: str) -> None:
 
 def _ensure_port_free(port: int) -> None:
     with socket.socket() as sock:
+        # As uvicorn binds: connections of a just-stopped server in TIME_WAIT do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
