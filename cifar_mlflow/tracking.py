@@ -136,16 +136,22 @@ def training_run(
         nested=mlflow.active_run() is not None,
         log_system_metrics=True,
     )
-    try:
-        run_id = run.info.run_id
+    with ended_by_outcome():
         mark_experiment_kind(run.info.experiment_id)
         # The readable run name is part of the schema, also for runs `mlflow run` created.
         tags = {**run_tags(config, study, torch_device), "mlflow.runName": config.run_name()}
         mlflow.set_tags(tags)
-        log_new_params(run_id, config.to_params())
+        log_new_params(run.info.run_id, config.to_params())
         if not run.inputs.dataset_inputs:  # a continued run has it already
             log_dataset(arrays)
         yield run
+
+
+@contextlib.contextmanager
+def ended_by_outcome() -> Iterator[None]:
+    """End the active run FINISHED, KILLED on Ctrl-C or SIGTERM, else FAILED with the reason."""
+    try:
+        yield
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise
@@ -348,7 +354,7 @@ def sweep_run(
     if run_id is None:
         use_experiment(experiment or schema.DEFAULT_EXPERIMENT)
     run = mlflow.start_run(run_id=run_id, run_name=study_name)
-    try:
+    with ended_by_outcome():
         mark_experiment_kind(run.info.experiment_id)
         mlflow.set_tags(
             {
@@ -361,15 +367,6 @@ def sweep_run(
         log_new_params(run.info.run_id, params)
         mlflow.log_text(study_text, schema.STUDY_ARTIFACT)
         yield run
-    except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException as error:
-        mlflow.set_tag(schema.TAG_FAILURE_REASON, f"{type(error).__name__}: {error}"[:5000])
-        mlflow.end_run("FAILED")
-        raise
-    else:
-        mlflow.end_run("FINISHED")
 
 
 def create_trial_run(parent: Run, config: TrainConfig, study_name: str) -> str:
