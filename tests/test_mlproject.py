@@ -87,7 +87,7 @@ def mlflow_run(folder: Path, template: Path, params: dict[str, str]) -> MlflowRu
     experiment_id = client.create_experiment(
         "cifar10", artifact_location=(folder / "artifacts").as_uri()
     )
-    params = {**params, "data_dir": str(folder / "data")}
+    params = {**params, "data_dir": str(folder / "data"), "checkpoint_dir": str(folder / "ck")}
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # `python` = this venv's

@@ -34,10 +34,14 @@ def parents_and_children(experiment: str = "cifar10") -> tuple[list, list]:
     return parents, children
 
 
+def folders(data_dir: Path) -> list[str]:
+    return ["--data-dir", str(data_dir), "--checkpoint-dir", str(data_dir / "ck")]
+
+
 def sweep(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
     """`python -m cifar_mlflow sweep` in a subprocess, as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "cifar_mlflow", "sweep", *args, *SMALL, "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "cifar_mlflow", "sweep", *args, *SMALL, *folders(data_dir)],
         capture_output=True,
         text=True,
         check=False,
@@ -48,7 +52,7 @@ def mlflow_run_sweep(*params: str, data_dir: Path) -> subprocess.CompletedProces
     command = ["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "sweep"]
     for param in (*params, "dataset=synthetic", "epochs=1"):
         command += ["-P", param]
-    command += ["-P", f"data_dir={data_dir}"]
+    command += ["-P", f"data_dir={data_dir}", "-P", f"checkpoint_dir={data_dir / 'ck'}"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(command, capture_output=True, text=True, check=False, env=env)
 
