@@ -1,0 +1,335 @@
+"""What tracking a run in MLflow costs: a tracked MLP run against the same run untracked.
+
+The run: the MLP, 3 epochs over the 45,000 training images of the synthetic set at CIFAR size
+(50,000 train + 10,000 test images written by `write_synthetic_cifar`), seed 42, on the
+default device. Tracked = `tracking.train_tracked` against a local `mlflow server` (SQLite
+backend and artifacts in a temporary folder, loopback port, system metrics on, as a user's run
+has them); untracked = `engine.fit` directly. Both include moving the data to the device. The
+loops alternate, after one small warm-up run of each (imports, first MLflow calls); the table
+shows medians.
+
+Besides the wall-time ratio, the tracked run's cost is broken down where it is paid: the main
+thread blocked in run set-up, in `MlflowCallback.on_epoch_end` (per epoch), in the end-of-run
+logging (`on_train_end`: final metrics, config.json, the weights figure, the model) and in
+ending the run; and CPU time taken in the background by MLflow's threads in this process
+(asynchronous logging, the system-metrics monitor) and by the server, all of which compete with
+training on a small machine. Targets: overhead ≤ 2 % of the wall time, ≤ 10 ms blocked per
+epoch.
+
+    .venv/bin/python benchmarks/tracking_overhead.py [--epochs 3] [--repeats 2]
+        [--system-metrics-interval SECONDS] [--device auto]
+
+The figures measured on the development machine are in the README's Performance section.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import mlflow
+import psutil
+
+from cifar_mlflow import data, engine, tracking
+from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.engine import Callback, EpochMetrics
+from cifar_mlflow.server import free_port
+
+SERVER_START_TIMEOUT_S = 180
+TRAIN_IMAGES = 50_000  # 45,000 train + 5,000 valid
+TEST_IMAGES = 10_000
+WARM_UP_TRAIN_SIZE = 512
+EXPERIMENT = "tracking-overhead"
+
+
+@contextlib.contextmanager
+def local_server(folder: Path) -> Iterator[tuple[str, psutil.Process]]:
+    """A plain `mlflow server` (SQLite, local artifacts) on a free loopback port."""
+    port = free_port()
+    log = (folder / "server.log").open("w")
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+        "--artifacts-destination", str(folder / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    # Its own session, so stopping it also stops the processes it starts.
+    server = subprocess.Popen(command, cwd=folder, stdout=log, stderr=log, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while not _healthy(uri):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise click.ClickException(f"mlflow server did not start; see {log.name}")
+            time.sleep(0.5)
+        yield uri, psutil.Process(server.pid)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+
+
+def _healthy(uri: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def process_tree_cpu_s(process: psutil.Process) -> float:
+    """User + system CPU seconds of a process and all its descendants."""
+    total = 0.0
+    for member in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = member.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def background_threads_cpu_s() -> dict[int, float]:
+    """CPU seconds of each Python thread of this process but the main one (MLflow's threads)."""
+    main = threading.main_thread().native_id
+    python_threads = {thread.native_id for thread in threading.enumerate()} - {main}
+    return {
+        t.id: t.user_time + t.system_time
+        for t in psutil.Process().threads()
+        if t.id in python_threads
+    }
+
+
+@contextlib.contextmanager
+def timing_method(cls: type, name: str, durations: list[float]) -> Iterator[None]:
+    """Record how long each call of `cls.name` takes, for the duration of the block."""
+    original = getattr(cls, name)
+
+    def timed(self: object, *args: object, **kwargs: object) -> object:
+        start = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            durations.append(time.perf_counter() - start)
+
+    setattr(cls, name, timed)
+    try:
+        yield
+    finally:
+        setattr(cls, name, original)
+
+
+class Clock(Callback):
+    """Times training and each epoch's pass, and the CPU that others use meanwhile.
+
+    Passed before the tracker, it sees the start of training once the run is set up, and the
+    end of training before the end-of-run logging.
+    """
+
+    def __init__(self, server: psutil.Process) -> None:
+        self.server = server
+        self.epoch_times: list[float] = []
+
+    def on_train_start(self, *args: object) -> None:
+        self.train_start = time.perf_counter()
+        self.threads_cpu = background_threads_cpu_s()
+        self.server_cpu = process_tree_cpu_s(self.server)
+
+    def on_epoch_end(self, metrics: EpochMetrics) -> None:
+        self.epoch_times.append(metrics.epoch_time_s)
+
+    def on_train_end(self, *args: object) -> None:
+        self.train_end = time.perf_counter()
+        threads_cpu = background_threads_cpu_s()
+        self.threads_cpu = sum(
+            cpu - self.threads_cpu.get(thread, 0.0) for thread, cpu in threads_cpu.items()
+        )
+        self.server_cpu = process_tree_cpu_s(self.server) - self.server_cpu
+
+
+@dataclass(frozen=True)
+class Measurement:
+    wall_s: float
+    setup_s: float  # from the call to the start of training
+    epoch_s: list[float]  # training passes
+    training_s: float  # from the start of training to its end (epochs, test split)
+    threads_cpu_s: float  # MLflow's threads in this process, during training
+    server_cpu_s: float  # the tracking server, during training
+    blocked_epoch_s: tuple[float, ...] = ()  # inside on_epoch_end, one per epoch
+    checkpoint_s: tuple[float, ...] = ()  # writing each epoch's checkpoint
+    end_of_run_s: float = 0.0  # inside on_train_end
+    after_training_s: float = 0.0  # from the end of training to the return
+
+
+def measurement(clock: Clock, start: float, wall: float, **tracked: object) -> Measurement:
+    return Measurement(
+        wall_s=wall,
+        setup_s=clock.train_start - start,
+        epoch_s=clock.epoch_times,
+        training_s=clock.train_end - clock.train_start,
+        threads_cpu_s=clock.threads_cpu,
+        server_cpu_s=clock.server_cpu,
+        after_training_s=start + wall - clock.train_end,
+        **tracked,
+    )
+
+
+def untracked(config: TrainConfig, arrays: data.CifarArrays, server: psutil.Process) -> Measurement:
+    clock = Clock(server)
+    start = time.perf_counter()
+    env = engine.environment_for(config)
+    engine.fit(config, data.to_device(arrays, config, env.device, env.memory_format), env, [clock])
+    return measurement(clock, start, time.perf_counter() - start)
+
+
+def tracked(config: TrainConfig, arrays: data.CifarArrays, server: psutil.Process) -> Measurement:
+    clock = Clock(server)
+    blocked: list[float] = []
+    checkpoints: list[float] = []
+    end_of_run: list[float] = []
+    # MLflow prints a "View run" link for every run it ends on a server.
+    with (
+        timing_method(tracking.MlflowCallback, "on_epoch_end", blocked),
+        timing_method(engine.CheckpointCallback, "on_checkpoint", checkpoints),
+        timing_method(tracking.MlflowCallback, "on_train_end", end_of_run),
+        redirect_stdout(io.StringIO()),
+    ):
+        start = time.perf_counter()
+        tracking.train_tracked(config, arrays, experiment=EXPERIMENT, callbacks=[clock])
+        wall = time.perf_counter() - start
+    return measurement(
+        clock,
+        start,
+        wall,
+        blocked_epoch_s=tuple(blocked),
+        checkpoint_s=tuple(checkpoints),
+        end_of_run_s=sum(end_of_run),
+    )
+
+
+def report(plain: list[Measurement], logged: list[Measurement]) -> list[str]:
+    def median(runs: list[Measurement], value: Callable[[Measurement], float]) -> float:
+        return statistics.median(value(m) for m in runs)
+
+    wall = median(plain, lambda m: m.wall_s)
+    wall_tracked = median(logged, lambda m: m.wall_s)
+    end_of_run = median(logged, lambda m: m.end_of_run_s)
+    setup = median(logged, lambda m: m.setup_s) - median(plain, lambda m: m.setup_s)
+    blocked = [b for m in logged for b in m.blocked_epoch_s]
+    checkpoints = [c for m in logged for c in m.checkpoint_s]
+    ending = median(logged, lambda m: m.after_training_s) - median(
+        plain, lambda m: m.after_training_s
+    )
+    on_main_thread = setup + (sum(blocked) + sum(checkpoints)) / len(logged) + ending
+    epoch = median(plain, lambda m: statistics.median(m.epoch_s))
+    epoch_tracked = median(logged, lambda m: statistics.median(m.epoch_s))
+    training = median(logged, lambda m: m.training_s)
+    rows = [
+        ("wall time, untracked", f"{wall:.2f} s"),
+        ("wall time, tracked", f"{wall_tracked:.2f} s"),
+        ("overhead: tracked / untracked - 1", f"{100 * (wall_tracked / wall - 1):+.2f} %"),
+        (
+            "  without the end-of-run logging",
+            f"{100 * ((wall_tracked - end_of_run) / wall - 1):+.2f} %",
+        ),
+        (
+            "main thread blocked by tracking",
+            f"{on_main_thread:.2f} s ({100 * on_main_thread / wall:.2f} %)",
+        ),
+        ("  run set-up: experiment, run, params, data set", f"{setup:.2f} s"),
+        (
+            "  per epoch, in on_epoch_end: median / max",
+            f"{1000 * statistics.median(blocked):.2f} / {1000 * max(blocked):.2f} ms",
+        ),
+        (
+            "  per epoch, writing the checkpoint: median / max",
+            f"{1000 * statistics.median(checkpoints):.1f} / {1000 * max(checkpoints):.1f} ms",
+        ),
+        ("  end-of-run logging, in on_train_end", f"{end_of_run:.2f} s"),
+        ("  ending the run: flush, end_run, get_run", f"{ending - end_of_run:.2f} s"),
+        ("training pass per epoch, untracked", f"{epoch:.2f} s"),
+        (
+            "training pass per epoch, tracked",
+            f"{epoch_tracked:.2f} s ({100 * (epoch_tracked / epoch - 1):+.1f} %)",
+        ),
+        (
+            "CPU during training: MLflow's threads",
+            f"{median(logged, lambda m: m.threads_cpu_s):.3f} s of {training:.1f} s",
+        ),
+        (
+            "CPU during training: tracking server",
+            f"{median(logged, lambda m: m.server_cpu_s):.3f} s",
+        ),
+    ]
+    width = max(len(name) for name, _ in rows) + 2
+    return [f"{name:<{width}}{value}" for name, value in rows]
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--epochs", default=3, show_default=True, help="Epochs per run.")
+@click.option("--repeats", default=2, show_default=True, help="Runs of each kind.")
+@click.option(
+    "--system-metrics-interval",
+    type=float,
+    help="Seconds between system-metrics samples [default: the project's, "
+    f"{tracking.SYSTEM_METRICS_INTERVAL_S:g}].",
+)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
+def main(epochs: int, repeats: int, system_metrics_interval: float | None, device: str) -> None:
+    """Time a tracked MLP run against the same run untracked, and where the difference goes."""
+    if system_metrics_interval is not None:
+        os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = str(system_metrics_interval)
+    with tempfile.TemporaryDirectory(prefix="tracking-overhead-") as tmp:
+        folder = Path(tmp)
+        config = TrainConfig(
+            model="mlp",
+            dataset="synthetic",
+            epochs=epochs,
+            device=device,
+            checkpoint_dir=str(folder / "checkpoints"),
+        )
+        warm_up = TrainConfig.from_overrides(
+            {"epochs": 1, "train_size": WARM_UP_TRAIN_SIZE}, base=config
+        )
+        started = time.perf_counter()
+        data.write_synthetic_cifar(folder / "data", TRAIN_IMAGES, TEST_IMAGES)
+        arrays = data.read_cifar_folder(folder / "data", name="synthetic")
+        click.echo(f"synthetic set written and read in {time.perf_counter() - started:.1f} s")
+        with local_server(folder) as (uri, server):
+            mlflow.set_tracking_uri(uri)
+            untracked(warm_up, arrays, server)
+            tracked(warm_up, arrays, server)
+            plain, logged = [], []
+            for repeat in range(1, repeats + 1):
+                plain.append(untracked(config, arrays, server))
+                logged.append(tracked(config, arrays, server))
+                click.echo(
+                    f"repeat {repeat}: untracked {plain[-1].wall_s:.2f} s, "
+                    f"tracked {logged[-1].wall_s:.2f} s"
+                )
+    interval = os.environ.get(
+        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", tracking.SYSTEM_METRICS_INTERVAL_S
+    )
+    click.echo(
+        f"MLP, {epochs} epochs, {len(arrays.train_labels) * 9 // 10:,} train images, "
+        f"device {engine.resolve_device(device)}, server {uri} (SQLite), system metrics every "
+        f"{interval} s, median of {repeats} runs of each, load average {os.getloadavg()[0]:.1f}"
+    )
+    for line in report(plain, logged):
+        click.echo(line)
+
+
+if __name__ == "__main__":
+    main()
