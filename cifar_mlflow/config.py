@@ -24,6 +24,7 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 MLP_ACTIVATIONS = ("relu", "tanh", "sigmoid")
 MIXER_ACTIVATIONS = ("gelu", "relu")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
 IMAGE_SIZE = 32
 
 
@@ -72,6 +73,13 @@ class TrainConfig:
     epochs: int = field(default=15, metadata=_help("Number of epochs, >= 1."))
     seed: int = field(default=42, metadata=_help("Seed of the split, initialisation and batches."))
     device: str = field(default="auto", metadata=_help(f"{' | '.join(DEVICES)}."))
+    precision: str = field(
+        default="auto",
+        metadata=_help(
+            "fp32, or bf16 autocast; auto = bf16 where the device computes it natively "
+            "(CUDA, CPUs with AVX512-BF16 or AMX), else fp32."
+        ),
+    )
     checkpoint_dir: str = field(
         default="./checkpoints",
         metadata=_help("Folder of the per-epoch checkpoints (RUN_ID/last.pt), for --resume."),
@@ -84,6 +92,7 @@ class TrainConfig:
         _require_choice("mixer_activation", self.mixer_activation, MIXER_ACTIVATIONS)
         _require_choice("optimizer", self.optimizer, OPTIMIZERS)
         _require_choice("device", self.device, DEVICES)
+        _require_choice("precision", self.precision, PRECISIONS)
         for folder in ("data_dir", "checkpoint_dir"):
             if not getattr(self, folder):
                 raise ConfigError(f"{folder} must be a folder path, got an empty value")

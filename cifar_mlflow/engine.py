@@ -7,12 +7,15 @@ loop runs and is tested without any tracking server.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,13 +91,50 @@ class NonFiniteLossError(TrainingError):
 
 
 class CheckpointCallback(Callback):
-    """Writes each epoch's state to `path`, replacing the previous one atomically."""
+    """Writes each epoch's state to `path`, replacing the previous one atomically.
+
+    The write runs in a background thread while the next epoch trains: it takes 50-100 ms for
+    the MLP on a CPU and longer for ResNet18's 11 M parameters, paid every epoch. Only the copy
+    of the state (a memory copy, off the GPU) is paid in the loop. Until a write lands, the
+    previous checkpoint stands; a run killed then repeats one epoch when resumed, with the same
+    result, and logs none of its metrics twice. Use it as a context manager: leaving waits for
+    the last write, whether training ended or raised.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending: Future | None = None
 
     def on_checkpoint(self, state: TrainingState) -> None:
-        save_checkpoint(self.path, state)
+        # A copy: the training goes on changing the weights and the optimiser state in place.
+        snapshot = TrainingState(**_copy_to_cpu(vars(state)))
+        self.wait()
+        self._pending = self._writer.submit(save_checkpoint, self.path, snapshot)
+
+    def wait(self) -> None:
+        """Block until the last checkpoint is on disk; raises if writing it failed."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __enter__(self) -> CheckpointCallback:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.wait()
+        self._writer.shutdown()
+
+
+def _copy_to_cpu(value: Any) -> Any:
+    """`value` with every tensor copied to the CPU and every container copied."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _copy_to_cpu(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_copy_to_cpu(item) for item in value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -113,6 +153,10 @@ class Environment:
         # Static shapes: an epoch sees two batch sizes (full and last) and evaluation one or
         # two, so a few specialised graphs beat one dynamic graph for every batch.
         return torch.compile(model, dynamic=False) if self.compile else model
+
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.amp_dtype is None else "bf16"
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -137,14 +181,35 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def environment_for(
-    config: TrainConfig, compile: bool = False, bf16: bool | None = None
-) -> Environment:
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16, AMX, Arm BF16).
+
+    Elsewhere oneDNN emulates bf16 and autocast is slower than fp32. Linux only says so in
+    /proc/cpuinfo; other systems are treated as without.
+    """
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set(cpuinfo.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """What `precision` means on `device`: `auto` is bf16 where it is native, else fp32."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
+def environment_for(config: TrainConfig, compile: bool = False) -> Environment:
     """The fastest known way to run `config` on its device; `compile` adds torch.compile.
 
-    `bf16` turns bf16 autocast on or off; by default it is on with CUDA only, so that CPU runs
-    stay in full fp32. On a CPU with native bf16 (AVX512-BF16, AMX) it halves the training time
-    of all three models; elsewhere it is slower than fp32.
+    bf16 autocast (`config.precision`) halves the training time of all three models on a GPU
+    and on a CPU with native bf16; the loss, softmax and optimiser state stay in fp32.
     """
     device = resolve_device(config.device)
     on_cuda = device.type == "cuda"
@@ -153,8 +218,6 @@ def environment_for(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    if bf16 is None:
-        bf16 = on_cuda
     # Channels-last convolutions: ResNet18 trains ~15 % faster with oneDNN on a CPU, cuDNN feeds
     # tensor cores with them, and the Mixer's stem then emits its tokens without a copy.
     channels_last = config.model in CONV_MODELS and device.type in ("cpu", "cuda")
@@ -166,7 +229,7 @@ def environment_for(
         eval_batch_size = EVAL_BATCH_SIZE
     return Environment(
         device=device,
-        amp_dtype=torch.bfloat16 if bf16 else None,
+        amp_dtype=torch.bfloat16 if uses_bf16(config.precision, device) else None,
         memory_format=torch.channels_last if channels_last else torch.contiguous_format,
         eval_batch_size=eval_batch_size,
         # On a CPU one batch at a time stays in cache; a GPU prefers fewer, larger launches.
@@ -359,7 +422,7 @@ def fit(
             lr=optimizer.param_groups[0]["lr"],
         )
         history.append(asdict(metrics))
-        # Checkpoint before reporting: an epoch the server has seen is always resumable.
+        # Checkpoint before reporting, so that an epoch the server has seen is resumable.
         state = TrainingState(
             epoch=epoch,
             model=model.state_dict(),

@@ -75,12 +75,26 @@ def _rows(count: int) -> int:
 
 
 def _image_grid(target: Figure, images: np.ndarray, cmap: str | None, title: str) -> None:
+    """`images` tiled into one picture with a gap between them, on one shared colour scale.
+
+    One image with one Axes renders in a fraction of the time of an Axes per unit, which is
+    paid at the end of every run.
+    """
     columns, rows = _columns(len(images)), _rows(len(images))
-    axes = target.subplots(rows, columns, squeeze=False)
-    limit = float(np.abs(images).max()) if cmap == "coolwarm" else None
-    for index, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if index < len(images):
-            options = {"vmin": -limit, "vmax": limit} if limit else {}
-            ax.imshow(images[index], cmap=cmap, interpolation="nearest", **options)
+    height, width = images.shape[1:3]
+    # Gaps show the background: white for RGB, masked (NaN) on a colour map.
+    tiles = np.full((rows * columns, height + 1, width + 1, *images.shape[3:]), np.nan)
+    tiles[: len(images), :height, :width] = images
+    mosaic = (
+        tiles.reshape(rows, columns, height + 1, width + 1, *images.shape[3:])
+        .swapaxes(1, 2)
+        .reshape(rows * (height + 1), columns * (width + 1), *images.shape[3:])[:-1, :-1]
+    )
+    if cmap is None:
+        mosaic = np.nan_to_num(mosaic, nan=1.0)
+    limit = float(np.nanmax(np.abs(images))) if cmap == "coolwarm" else None
+    options = {"vmin": -limit, "vmax": limit} if limit else {}
+    ax = target.subplots()
+    ax.set_axis_off()
+    ax.imshow(mosaic, cmap=cmap, interpolation="nearest", **options)
     target.suptitle(title)

@@ -47,5 +47,5 @@ def test_throughput_help_lists_the_options() -> None:
         [sys.executable, str(THROUGHPUT), "--help"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    for option in ("--quick", "--models", "--repeats", "--compile", "--bf16"):
+    for option in ("--quick", "--models", "--repeats", "--compile", "--precision"):
         assert option in result.stdout

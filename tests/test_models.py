@@ -257,24 +257,35 @@ def test_build_model_passes_the_architecture_options() -> None:
 # --- weight figures ----------------------------------------------------------------------------
 
 
-def image_axes(figure: Figure) -> list:
-    """Every axes holding an image, subfigures included."""
-    found = []
+def shown_images(figure: Figure, height: int, width: int) -> list[list[np.ndarray]]:
+    """Per panel, the `height`×`width` images tiled into its picture, one-pixel gaps apart."""
+    panels = []
     for ax in figure.get_axes():
-        found += [ax] * len(ax.get_images())
-    return found
+        for image in ax.get_images():
+            mosaic = np.ma.filled(image.get_array().astype(float), np.nan)
+            rows = (mosaic.shape[0] + 1) // (height + 1)
+            columns = (mosaic.shape[1] + 1) // (width + 1)
+            assert mosaic.shape[:2] == (rows * (height + 1) - 1, columns * (width + 1) - 1)
+            tiles = [
+                mosaic[
+                    r * (height + 1) : r * (height + 1) + height,
+                    c * (width + 1) : c * (width + 1) + width,
+                ]
+                for r in range(rows)
+                for c in range(columns)
+            ]
+            # Unused cells are background: masked, or white in RGB (a unit spans 0 to 1).
+            panels.append([t for t in tiles if not (np.isnan(t).all() or (t == 1.0).all())])
+    return panels
 
 
 def test_resnet_weights_figure_shows_the_64_kernels() -> None:
     model = ResNet18()
     figure = weights_figure(model)
     assert isinstance(figure, Figure)
-    arrays = [np.asarray(ax.get_images()[0].get_array()) for ax in image_axes(figure)]
-    grey = [array for array in arrays if array.shape == (3, 3)]
-    rgb = [array for array in arrays if array.shape == (3, 3, 3)]
-    assert len(grey) == 64
-    assert len(rgb) in (0, 64)  # an RGB version is optional
-    assert len(grey) + len(rgb) == len(arrays)
+    grey, rgb = shown_images(figure, 3, 3)
+    assert len(grey) == 64 and grey[0].shape == (3, 3)
+    assert len(rgb) == 64 and rgb[0].shape == (3, 3, 3)
     # Grey = the standardised kernels averaged over RGB, in the order of the output channels.
     kernels = model.first_layer.weight.detach()
     standardised = ((kernels - kernels.mean()) / kernels.std()).mean(dim=1).numpy()
@@ -283,15 +294,17 @@ def test_resnet_weights_figure_shows_the_64_kernels() -> None:
 
 def test_mixer_weights_figure_shows_each_token_unit_on_the_patch_grid() -> None:
     model = MlpMixer(patch_size=4, embed_dim=32, num_blocks=1)
-    shown = image_axes(weights_figure(model))
-    assert len(shown) == 16  # token hidden units = 0.5 · D
-    assert all(ax.get_images()[0].get_array().shape == (8, 8) for ax in shown)
+    (units,) = shown_images(weights_figure(model), 8, 8)
+    assert len(units) == 16  # token hidden units = 0.5 · D
+    expected = model.first_token_mixing_layer.weight.detach().reshape(-1, 8, 8).numpy()
+    np.testing.assert_allclose(np.stack(units), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_mlp_weights_figure_shows_units_as_rgb_images() -> None:
-    shown = image_axes(weights_figure(MLP()))
-    assert len(shown) == 64
-    assert all(ax.get_images()[0].get_array().shape == (32, 32, 3) for ax in shown)
+    (units,) = shown_images(weights_figure(MLP()), 32, 32)
+    assert len(units) == 64
+    for unit in units:
+        assert unit.shape == (32, 32, 3) and unit.min() == 0.0 and unit.max() == 1.0
 
 
 def test_weights_figure_renders_to_png() -> None:
