@@ -135,15 +135,55 @@ def train(experiment: str, study: str, resume: str | None, **options: Any) -> No
 @click.option(
     "--seeds", default=None, metavar="N", help="Seeds per setting [default: the study's]."
 )
-@click.option("--executor", default="local", show_default=True, help="Where trials run: local.")
+@click.option(
+    "--executor",
+    default="local",
+    show_default=True,
+    help="Where trials run: local (one after another here) or ray (in parallel on Ray).",
+)
+@click.option(
+    "--ray-address",
+    "--ray_address",
+    "ray_address",
+    default="",
+    metavar="ADDRESS",
+    help="Ray cluster: host:port, ray://host:port, auto [default: RAY_ADDRESS, else here].",
+)
+@click.option(
+    "--cpus-per-trial",
+    "--cpus_per_trial",
+    "cpus_per_trial",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="CPUs Ray reserves for each trial (and its torch threads).",
+)
+@click.option(
+    "--gpus-per-trial",
+    "--gpus_per_trial",
+    "gpus_per_trial",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="GPUs Ray reserves for each trial; 0.25 lets four small trials share a GPU.",
+)
 @training_options
 @experiment_option
 @report_user_errors
-def sweep(study: str, seeds: str | None, executor: str, experiment: str, **options: Any) -> None:
+def sweep(
+    study: str,
+    seeds: str | None,
+    executor: str,
+    ray_address: str,
+    cpus_per_trial: float,
+    gpus_per_trial: float,
+    experiment: str,
+    **options: Any,
+) -> None:
     """Run a study: a parent run with one nested run per trial; finished trials are reused."""
     from cifar_mlflow import tracking
     from cifar_mlflow.studies import load_study
-    from cifar_mlflow.sweep import SweepFailed, run_sweep
+    from cifar_mlflow.sweep import RayOptions, SweepFailed, run_sweep
 
     loaded = load_study(study)
     tracking.check_tracking_server()
@@ -153,6 +193,7 @@ def sweep(study: str, seeds: str | None, executor: str, experiment: str, **optio
             overrides_from(options),
             seeds=parse_seeds(seeds),
             executor=executor,
+            ray_options=RayOptions(ray_address, cpus_per_trial, gpus_per_trial),
             experiment=experiment,
         )
     except SweepFailed as failure:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import pickle
 import socket
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,9 +189,9 @@ def write_synthetic_cifar(
     train_chunks = np.array_split(np.arange(train_size), len(TRAIN_BATCHES))
     for batch_name, indices in zip(TRAIN_BATCHES, train_chunks, strict=True):
         _write_batch(folder / batch_name, images[indices], labels[indices])
+    _write_pickle(folder / "batches.meta", {"label_names": list(CLASS_NAMES), "num_vis": 3072})
+    # Last: `load_arrays` takes a folder with a test batch for complete.
     _write_batch(folder / "test_batch", images[train_size:], labels[train_size:])
-    with (folder / "batches.meta").open("wb") as handle:
-        pickle.dump({"label_names": list(CLASS_NAMES), "num_vis": 3072}, handle)
 
 
 def _class_prototypes(rng: np.random.Generator, num_classes: int) -> np.ndarray:
@@ -229,8 +231,19 @@ def _sample_images(
 
 def _write_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-    with path.open("wb") as handle:
-        pickle.dump({"data": data, "labels": labels.tolist()}, handle)
+    _write_pickle(path, {"data": data, "labels": labels.tolist()})
+
+
+def _write_pickle(path: Path, content: object) -> None:
+    """Pickle `content` to `path` in one step.
+
+    Parallel trials (Ray) may generate the same set at once: a reader sees a whole file or
+    none, and each writer replaces it with the same content.
+    """
+    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    with partial.open("wb") as handle:
+        pickle.dump(content, handle)
+    os.replace(partial, path)
 
 
 def split_indices(num_images: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,13 +3,19 @@
 A trial whose `trial_key` already has a FINISHED run in the experiment is reused, not run
 again, so an interrupted or partly failed sweep is finished by running the same command again.
 A trial that raises is recorded FAILED on its run and the sweep goes on with the next one.
+
+The sweep decides which trials to run and collects and summarises their outcomes; an executor
+only decides where the missing trials run: one after another in this process (`local`), or as
+tasks on a Ray cluster (`ray`, in `ray_executor`, imported only when asked for).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import click
 
@@ -20,7 +26,7 @@ from cifar_mlflow.errors import UserError
 from cifar_mlflow.progress import ProgressCallback
 from cifar_mlflow.studies import Study
 
-EXECUTORS = ("local",)
+EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,47 @@ class TrialOutcome:
     run_id: str | None
     best_valid_acc: float | None = None
     error: str | None = None
+
+    @classmethod
+    def failed(cls, config: TrainConfig, run_id: str | None, error: BaseException) -> TrialOutcome:
+        """The outcome of a trial that raised `error`; its first line is the reason shown."""
+        lines = str(error).strip().splitlines()
+        return cls(
+            config, "failed", run_id, error=f"{type(error).__name__}: {lines[0] if lines else ''}"
+        )
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A trial the sweep has to run; `index` orders the outcomes as the study lists them."""
+
+    index: int
+    config: TrainConfig
+    label: str  # "[2/4] mlpmixer-patch4-seed42", the prefix of its progress lines
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where `executor=ray` runs the trials, and what each trial reserves there."""
+
+    address: str = ""  # "" or "local": a Ray instance on this machine, started if none runs
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0  # fractions let small models share a GPU
+
+    def params(self) -> dict[str, str]:
+        return {
+            "ray_address": self.address,
+            "cpus_per_trial": f"{self.cpus_per_trial:g}",
+            "gpus_per_trial": f"{self.gpus_per_trial:g}",
+        }
+
+
+class Executor(Protocol):
+    def run(
+        self, trials: Sequence[Trial], parent: tracking.Run, study_name: str
+    ) -> Iterator[tuple[Trial, TrialOutcome]]:
+        """Run each trial as a child of `parent`; yield its outcome as soon as it is known."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -87,8 +134,44 @@ def run_trial(
             resume=resume,
         )
     except Exception as error:
-        return TrialOutcome(config, "failed", run_id, error=f"{type(error).__name__}: {error}")
+        return TrialOutcome.failed(config, run_id, error)
     return TrialOutcome(config, "finished", run_id, best_valid_acc=final.best_valid_acc)
+
+
+class LocalExecutor:
+    """One trial after another in this process, on data sets loaded before any run exists."""
+
+    def __init__(self, configs: Sequence[TrainConfig]) -> None:
+        self.arrays = data_sets(configs)
+
+    def run(
+        self, trials: Sequence[Trial], parent: tracking.Run, study_name: str
+    ) -> Iterator[tuple[Trial, TrialOutcome]]:
+        for trial in trials:
+            data = self.arrays[trial.config.dataset, trial.config.data_dir]
+            yield trial, run_trial(trial.config, data, study_name, parent, trial.label)
+
+
+def executor_for(
+    name: str, configs: Sequence[TrainConfig], ray_options: RayOptions
+) -> contextlib.AbstractContextManager[Executor]:
+    """The executor `name`, checked (and for Ray connected) before any run is created."""
+    if name not in EXECUTORS:
+        raise UserError(f"executor must be one of {' | '.join(EXECUTORS)}, got {name!r}")
+    if name == "local":
+        if ray_options != RayOptions():
+            raise UserError("ray_address, cpus_per_trial and gpus_per_trial need executor=ray")
+        return contextlib.nullcontext(LocalExecutor(configs))
+    try:
+        from cifar_mlflow import ray_executor
+    except ImportError as error:
+        if (error.name or "").split(".")[0] != "ray":
+            raise
+        raise UserError(
+            "executor=ray needs Ray, which is not installed: pip install -e '.[ray]' in the "
+            "project folder (or pip install 'ray>=2.9')"
+        ) from None
+    return ray_executor.connected(ray_options, tracking.worker_environment())
 
 
 def run_sweep(
@@ -97,47 +180,70 @@ def run_sweep(
     *,
     seeds: int | None = None,
     executor: str = "local",
+    ray_options: RayOptions | None = None,
     experiment: str | None = None,
     echo: Callable[[str], None] = click.echo,
 ) -> SweepResult:
     """Run `study` with `overrides` as one parent run with a nested run per missing trial."""
-    if executor not in EXECUTORS:
-        raise UserError(f"executor must be one of {' | '.join(EXECUTORS)}, got {executor!r}")
+    ray_options = ray_options or RayOptions()
     configs = study.trial_configs(overrides, seeds)
-    arrays = data_sets(configs)
+    where = executor_for(executor, configs, ray_options)
     params = {
         "study": study.name,
         "seeds": str(seeds or study.seeds),
         "executor": executor,
+        **(ray_options.params() if executor == "ray" else {}),
         **overrides,
     }
-    outcomes: list[TrialOutcome] = []
-    with tracking.sweep_run(
-        study.name,
-        study.text,
-        study.varied,
-        params,
-        run_id=tracking.run_id_from_mlflow_run(),
-        experiment=experiment,
-    ) as parent:
-        for index, config in enumerate(configs, start=1):
-            label = f"[{index}/{len(configs)}] {config.run_name()}"
-            done = tracking.find_finished_run(parent.info.experiment_id, config.trial_key())
-            if done is not None:
-                outcome = TrialOutcome(
-                    config, "reused", done.info.run_id, done.data.metrics.get("best_valid_acc")
-                )
-            else:
-                data = arrays[config.dataset, config.data_dir]
-                outcome = run_trial(config, data, study.name, parent, label)
-            echo(f"{label}: {outcome.status}" + (f" ({outcome.error})" if outcome.error else ""))
-            outcomes.append(outcome)
+    with (
+        where as runner,
+        tracking.sweep_run(
+            study.name,
+            study.text,
+            study.varied,
+            params,
+            run_id=tracking.run_id_from_mlflow_run(),
+            experiment=experiment,
+        ) as parent,
+    ):
+        outcomes = run_missing_trials(runner, configs, parent, study.name, echo)
         summarise(parent.info.run_id, outcomes)
         result = SweepResult(parent.info.run_id, tracking.run_link(parent), outcomes)
         if result.failures:
             # Raised inside the parent run so that it ends FAILED with the reason on it.
             raise SweepFailed(result)
     return result
+
+
+def run_missing_trials(
+    runner: Executor,
+    configs: Sequence[TrainConfig],
+    parent: tracking.Run,
+    study_name: str,
+    echo: Callable[[str], None],
+) -> list[TrialOutcome]:
+    """Reuse the finished trials, hand the others to `runner`; outcomes in the study's order."""
+    outcomes: dict[int, TrialOutcome] = {}
+    missing: list[Trial] = []
+
+    def report(trial: Trial, outcome: TrialOutcome) -> None:
+        echo(f"{trial.label}: {outcome.status}" + (f" ({outcome.error})" if outcome.error else ""))
+        outcomes[trial.index] = outcome
+
+    for index, config in enumerate(configs, start=1):
+        trial = Trial(index, config, f"[{index}/{len(configs)}] {config.run_name()}")
+        done = tracking.find_finished_run(parent.info.experiment_id, config.trial_key())
+        if done is None:
+            missing.append(trial)
+        else:
+            metrics = done.data.metrics
+            report(
+                trial,
+                TrialOutcome(config, "reused", done.info.run_id, metrics.get("best_valid_acc")),
+            )
+    for trial, outcome in runner.run(missing, parent, study_name):
+        report(trial, outcome)
+    return [outcomes[index] for index in sorted(outcomes)]
 
 
 def summarise(parent_run_id: str, outcomes: Sequence[TrialOutcome]) -> None:

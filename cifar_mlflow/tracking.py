@@ -20,7 +20,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Metric, Run, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.time import get_current_time_millis
 from torch import nn
@@ -33,6 +33,7 @@ from cifar_mlflow.data import CifarArrays, to_device
 from cifar_mlflow.engine import (
     Callback,
     CheckpointCallback,
+    Environment,
     EpochMetrics,
     FinalMetrics,
     environment_for,
@@ -56,6 +57,34 @@ def check_tracking_server() -> None:
     check_reachable(mlflow.get_tracking_uri())
 
 
+# What MLflow's client reads from the environment to reach and log in to a server.
+CLIENT_CREDENTIAL_VARIABLES = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+)
+
+
+def worker_environment() -> dict[str, str]:
+    """The variables that make a process elsewhere log where this one does, as the same user.
+
+    The URI is the resolved one, so MLflow's default store counts too when none is set.
+    """
+    env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    env.update(
+        {name: os.environ[name] for name in CLIENT_CREDENTIAL_VARIABLES if name in os.environ}
+    )
+    return env
+
+
+def use_worker_environment(env: Mapping[str, str]) -> None:
+    """Log as `worker_environment` says, also in a process that served another sweep before."""
+    for name in CLIENT_CREDENTIAL_VARIABLES:
+        os.environ.pop(name, None)
+    os.environ.update(env)
+
+
 def use_experiment(name: str) -> str:
     """Select (creating if needed) experiment `name`, tagged for MLflow's training-run view."""
     experiment = mlflow.set_experiment(name)
@@ -70,13 +99,15 @@ def mark_experiment_kind(experiment_id: str) -> None:
         client.set_experiment_tag(experiment_id, schema.EXPERIMENT_KIND_TAG, schema.EXPERIMENT_KIND)
 
 
-def run_tags(config: TrainConfig, study: str, torch_device: str) -> dict[str, str]:
+def run_tags(config: TrainConfig, study: str, env: Environment) -> dict[str, str]:
     tags = {
         schema.TAG_STUDY: study,
         schema.TAG_MODEL: config.model,
         schema.TAG_TRIAL_KEY: config.trial_key(),
         schema.TAG_SEED: str(config.seed),
-        schema.TAG_TORCH_DEVICE: torch_device,
+        schema.TAG_TORCH_DEVICE: str(env.device),
+        schema.TAG_TORCH_PRECISION: env.precision,
+        "mlflow.runName": config.run_name(),  # readable, also for runs `mlflow run` created
     }
     unused = config.unused_fields()
     if unused:
@@ -84,16 +115,19 @@ def run_tags(config: TrainConfig, study: str, torch_device: str) -> dict[str, st
     return tags
 
 
-def log_new_params(run_id: str, params: Mapping[str, str]) -> None:
-    """Log the params the run does not have yet.
+def log_tags_and_new_params(run: Run, tags: Mapping[str, str], params: Mapping[str, str]) -> None:
+    """Set `tags` and log the params `run` does not have yet, in one request.
 
     `mlflow run` has already logged its `-P` values, possibly spelled differently (`1e-3` for
-    `0.001`); logging the same key with another value is an MLflow error.
+    `0.001`); logging the same key with another value is an MLflow error. The tags are written
+    before training starts: a sweep finds a killed trial again by its `trial_key`.
     """
-    existing = MlflowClient().get_run(run_id).data.params
-    missing = {key: value for key, value in params.items() if key not in existing}
-    if missing:
-        mlflow.log_params(missing, run_id=run_id)
+    existing = run.data.params
+    MlflowClient().log_batch(
+        run.info.run_id,
+        params=[Param(key, value) for key, value in params.items() if key not in existing],
+        tags=[RunTag(key, value) for key, value in tags.items()],
+    )
 
 
 def log_dataset(arrays: CifarArrays) -> None:
@@ -103,7 +137,13 @@ def log_dataset(arrays: CifarArrays) -> None:
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(arrays.source)
     dataset = MetaDataset(source=source, name=arrays.name, digest=arrays.digest())
-    mlflow.log_input(dataset, context="training")
+    try:
+        mlflow.log_input(dataset, context="training")
+    except MlflowException:
+        # The server looks the data set up, then inserts it: a trial of the same experiment
+        # running at the same time (Ray) can insert it in between, failing this insert on a
+        # unique key. Once more, the server finds it and only links it to this run.
+        mlflow.log_input(dataset, context="training")
 
 
 @contextlib.contextmanager
@@ -112,7 +152,7 @@ def training_run(
     arrays: CifarArrays,
     *,
     study: str,
-    torch_device: str,
+    env: Environment,
     run_id: str | None = None,
     experiment: str | None = None,
 ) -> Iterator[Run]:
@@ -123,6 +163,7 @@ def training_run(
     reason as a tag when the body raises, KILLED on Ctrl-C.
     """
     if run_id is None:
+        # Tags the experiment for the UI as it selects it; `mlflow run` selected it untagged.
         use_experiment(experiment or schema.DEFAULT_EXPERIMENT)
     # The setter writes the environment variable itself: only fill it in when the user has not.
     if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
@@ -137,11 +178,9 @@ def training_run(
         log_system_metrics=True,
     )
     with ended_by_outcome():
-        mark_experiment_kind(run.info.experiment_id)
-        # The readable run name is part of the schema, also for runs `mlflow run` created.
-        tags = {**run_tags(config, study, torch_device), "mlflow.runName": config.run_name()}
-        mlflow.set_tags(tags)
-        log_new_params(run.info.run_id, config.to_params())
+        if run_id is not None:
+            mark_experiment_kind(run.info.experiment_id)
+        log_tags_and_new_params(run, run_tags(config, study, env), config.to_params())
         if not run.inputs.dataset_inputs:  # a continued run has it already
             log_dataset(arrays)
         yield run
@@ -264,7 +303,7 @@ def train_tracked(
         config,
         arrays,
         study=study,
-        torch_device=str(env.device),
+        env=env,
         run_id=run_id,
         experiment=experiment,
     ) as run:
@@ -273,9 +312,8 @@ def train_tracked(
         for epoch in resume.history if resume else ():
             tracker.on_epoch_end(EpochMetrics(**epoch))
         checkpoint = checkpoint_path(config.checkpoint_dir, run_id)
-        _, final = fit(
-            config, data, env, [*callbacks, CheckpointCallback(checkpoint), tracker], resume
-        )
+        with CheckpointCallback(checkpoint) as checkpointer:
+            _, final = fit(config, data, env, [*callbacks, checkpointer, tracker], resume)
     # A finished run needs no checkpoint; a failed or killed one keeps it for --resume.
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
     return MlflowClient().get_run(run_id), final
@@ -307,15 +345,8 @@ def resumable_run(run_id: str) -> tuple[Run, TrainConfig, TrainingState]:
 
 def find_interrupted_run(experiment_id: str, trial_key: str) -> Run | None:
     """The latest run of `trial_key` that died while training (RUNNING or KILLED), if any."""
-    runs = MlflowClient().search_runs(
-        [experiment_id],
-        filter_string=(
-            f"tags.{schema.TAG_TRIAL_KEY} = '{trial_key}' and attributes.status != 'FINISHED'"
-        ),
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs and runs[0].info.status in ("RUNNING", "KILLED") else None
+    run = latest_trial_run(experiment_id, trial_key, "attributes.status != 'FINISHED'")
+    return run if run and run.info.status in ("RUNNING", "KILLED") else None
 
 
 def checkpoint_of(config: TrainConfig, run: Run) -> TrainingState | None:
@@ -329,11 +360,13 @@ def adopt_trial_run(parent: Run, run_id: str) -> None:
 
 def find_finished_run(experiment_id: str, trial_key: str) -> Run | None:
     """The latest FINISHED run of `trial_key` in the experiment, if any."""
+    return latest_trial_run(experiment_id, trial_key, "attributes.status = 'FINISHED'")
+
+
+def latest_trial_run(experiment_id: str, trial_key: str, status_filter: str) -> Run | None:
     runs = MlflowClient().search_runs(
         [experiment_id],
-        filter_string=(
-            f"tags.{schema.TAG_TRIAL_KEY} = '{trial_key}' and attributes.status = 'FINISHED'"
-        ),
+        filter_string=f"tags.{schema.TAG_TRIAL_KEY} = '{trial_key}' and {status_filter}",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -352,19 +385,19 @@ def sweep_run(
 ) -> Iterator[Run]:
     """The active parent run of a sweep; its trials are created with `create_trial_run`."""
     if run_id is None:
+        # Tags the experiment for the UI as it selects it; `mlflow run` selected it untagged.
         use_experiment(experiment or schema.DEFAULT_EXPERIMENT)
     run = mlflow.start_run(run_id=run_id, run_name=study_name)
     with ended_by_outcome():
-        mark_experiment_kind(run.info.experiment_id)
-        mlflow.set_tags(
-            {
-                schema.TAG_STUDY: study_name,
-                schema.TAG_ROLE: schema.ROLE_SWEEP,
-                schema.TAG_VARIED: ",".join(varied),
-                "mlflow.runName": study_name,
-            }
-        )
-        log_new_params(run.info.run_id, params)
+        if run_id is not None:
+            mark_experiment_kind(run.info.experiment_id)
+        tags = {
+            schema.TAG_STUDY: study_name,
+            schema.TAG_ROLE: schema.ROLE_SWEEP,
+            schema.TAG_VARIED: ",".join(varied),
+            "mlflow.runName": study_name,
+        }
+        log_tags_and_new_params(run, tags, params)
         mlflow.log_text(study_text, schema.STUDY_ARTIFACT)
         yield run
 

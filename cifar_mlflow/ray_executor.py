@@ -1,0 +1,193 @@
+"""`executor=ray`: a sweep's missing trials as Ray tasks, on one machine or a cluster (issue 8).
+
+Every Ray call of the project is here; `sweep` imports this module only for `executor=ray`, so
+the package works without Ray. The sweep itself (reuse, parent run, summary) stays in
+`sweep`; a task only trains one trial with `sweep.run_trial`, as the local executor does.
+
+A worker on another machine has neither this process's environment nor its files: each task
+gets the sweep's tracking URI and credentials as arguments, and loads its data itself from
+`data_dir`, which must name the same data on every worker (and `checkpoint_dir` a folder the
+worker may write; shared storage lets another worker continue an interrupted trial).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from urllib.parse import urlparse
+
+import ray
+import ray.exceptions
+import torch
+
+from cifar_mlflow import tracking
+from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.data import load_arrays
+from cifar_mlflow.errors import UserError
+from cifar_mlflow.sweep import RayOptions, Trial, TrialOutcome, run_trial
+
+# "" lets `ray.init()` join a Ray instance running on this machine or start one; "local"
+# always starts one.
+LOCAL_ADDRESSES = ("", "local")
+# After Ctrl-C, the cancelled trials get this long to end their runs KILLED before Ray stops.
+CANCEL_GRACE_S = 10.0
+
+
+class RayExecutorError(UserError):
+    """Ray options or a tracking store that a Ray sweep cannot use; the message is one line."""
+
+
+def on_this_machine(host: str) -> bool:
+    """Whether `host` (a name or an IP address) can only mean this very machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def is_local_address(address: str) -> bool:
+    """Whether every Ray worker at `address` runs on this machine.
+
+    `auto` joins whatever cluster this machine belongs to, which can span machines: it counts
+    as remote, like any `host:port` or `ray://host:port` of another machine.
+    """
+    if address in LOCAL_ADDRESSES:
+        return True
+    if address == "auto":
+        return False
+    host = urlparse(address if "://" in address else f"ray://{address}").hostname or ""
+    return on_this_machine(host)
+
+
+def is_local_store(uri: str) -> bool:
+    """Whether the tracking store at `uri` can only be reached from this machine.
+
+    A file (SQLite, `file:`, a plain path) lives on this machine's disk, and a server or a
+    database at a loopback address is a different one, or none, for a worker elsewhere.
+    """
+    parsed = urlparse(uri)
+    if uri.split(":")[0] in ("databricks", "databricks-uc"):  # MLflow's names for a workspace
+        return False
+    if parsed.scheme in ("", "file", "sqlite") or len(parsed.scheme) == 1:  # "C:\..." too
+        return True
+    return on_this_machine(parsed.hostname or "")
+
+
+def check_options(options: RayOptions, tracking_uri: str, address: str) -> None:
+    """Refuse what would only fail on the workers, before any run or Ray instance exists."""
+    for name in ("cpus_per_trial", "gpus_per_trial"):
+        amount = getattr(options, name)
+        # Ray's rule: a fraction of one CPU or GPU can be shared, more than one must be whole.
+        if amount > 1 and not float(amount).is_integer():
+            raise RayExecutorError(
+                f"{name} must be a fraction <= 1 or a whole number, got {amount:g}"
+            )
+    if not is_local_address(address) and is_local_store(tracking_uri):
+        raise RayExecutorError(
+            f"tracking URI {tracking_uri} is only reachable from this machine, not from Ray "
+            f"workers at {address}; set MLFLOW_TRACKING_URI to a tracking server they can "
+            "reach, or use ray_address=local"
+        )
+
+
+@contextlib.contextmanager
+def connected(options: RayOptions, tracking_env: Mapping[str, str]) -> Iterator[RayExecutor]:
+    """A `RayExecutor` on the cluster `options.address` names; stops Ray only if it started it.
+
+    The address defaults to `RAY_ADDRESS` (set by `ray job submit`), else this machine. A
+    process already connected (a notebook, the tests) keeps its connection.
+    """
+    address = options.address or os.environ.get("RAY_ADDRESS", "")
+    check_options(options, tracking_env["MLFLOW_TRACKING_URI"], address)
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(
+                address=address or None,
+                include_dashboard=False,
+                # Ray's own INFO lines would drown the sweep's; the trials' progress lines
+                # come back from the workers with their task's name in front.
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+            )
+        except ConnectionError as error:
+            raise RayExecutorError(f"cannot join the Ray cluster at {address}: {error}") from None
+    try:
+        yield RayExecutor(options, tracking_env)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+class RayExecutor:
+    """All missing trials at once as Ray tasks; Ray runs as many as the resources allow."""
+
+    def __init__(self, options: RayOptions, tracking_env: Mapping[str, str]) -> None:
+        self.options = options
+        self.tracking_env = dict(tracking_env)
+
+    def run(
+        self, trials: Sequence[Trial], parent: tracking.Run, study_name: str
+    ) -> Iterator[tuple[Trial, TrialOutcome]]:
+        task = train_trial.options(
+            num_cpus=self.options.cpus_per_trial,
+            num_gpus=self.options.gpus_per_trial,
+            # A retried task would start over on a new worker; the next sweep continues the
+            # trial from its checkpoint instead.
+            max_retries=0,
+        )
+        threads = max(1, int(self.options.cpus_per_trial))
+        pending: dict[ray.ObjectRef, Trial] = {}
+        for trial in trials:
+            args = (trial.config, trial.label, study_name, parent, self.tracking_env, threads)
+            pending[task.remote(*args)] = trial
+        try:
+            while pending:
+                (done,), _ = ray.wait(list(pending), num_returns=1)
+                trial = pending.pop(done)
+                yield trial, outcome_of(done, trial.config)
+        finally:
+            # Ctrl-C or an error in the sweep: the running trials end KILLED, keeping their
+            # checkpoints for the next sweep, and the queued ones never start.
+            for ref in pending:
+                ray.cancel(ref)
+            if pending:
+                ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE_S)
+
+
+def outcome_of(ref: ray.ObjectRef, config: TrainConfig) -> TrialOutcome:
+    """The task's outcome; a task that raised, or was lost with its node, is a failed trial.
+
+    In a cluster one lost node must not end the whole sweep. The trial's run, if it had one,
+    stays RUNNING: the next sweep continues it from its checkpoint.
+    """
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as error:
+        return TrialOutcome.failed(config, None, error)
+
+
+@ray.remote
+def train_trial(
+    config: TrainConfig,
+    label: str,
+    study_name: str,
+    parent: tracking.Run,
+    tracking_env: Mapping[str, str],
+    threads: int,
+) -> TrialOutcome:
+    """One trial on a Ray worker, logged where and as whom the sweep logs."""
+    tracking.use_worker_environment(tracking_env)
+    # Ray sets OMP_NUM_THREADS for the task, but torch may have read it in an earlier task of
+    # this worker process: trials that share a machine must not oversubscribe its cores.
+    torch.set_num_threads(threads)
+    try:
+        arrays = load_arrays(config)
+    except UserError as error:
+        return TrialOutcome.failed(config, None, error)
+    return run_trial(config, arrays, study_name, parent, label)
