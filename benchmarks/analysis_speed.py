@@ -16,16 +16,10 @@ loopback port, no auth) is started for the run and stopped afterwards.
 from __future__ import annotations
 
 import io
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext, redirect_stdout
+from contextlib import nullcontext, redirect_stdout
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +27,7 @@ import click
 
 # Run as a script from anywhere: `tests.fake_runs` and `analysis` live at the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from plain_server import plain_server
 
 _import_started = time.perf_counter()
 from mlflow import MlflowClient  # noqa: E402
@@ -46,47 +41,6 @@ from tests import fake_runs  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - _import_started
 FIGURE_STUDIES = ("activation", "lr", "patch")
-SERVER_START_TIMEOUT_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def local_server(folder: Path, workers: int) -> Iterator[str]:
-    """A plain `mlflow server` on a loopback port, with its stores in `folder`."""
-    port = _free_port()
-    log = (folder / "server.log").open("w")
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-        "--artifacts-destination", str(folder / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-    ]  # fmt: skip
-    # Its own session, so stopping it also stops the workers it forks.
-    server = subprocess.Popen(command, cwd=folder, stdout=log, stderr=log, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if server.poll() is not None:
-                raise click.ClickException(f"mlflow server exited; see {folder / 'server.log'}")
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise click.ClickException("mlflow server did not start in time") from None
-                time.sleep(0.5)
-        yield uri
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-        log.close()
 
 
 def fill(client: MlflowClient, experiment: str, runs: int, epochs: int, seeds: int) -> int:
@@ -142,9 +96,11 @@ def main(
     with tempfile.TemporaryDirectory(prefix="analysis-speed-") as tmp:
         folder = Path(tmp)
         server = (
-            local_server(folder, workers) if tracking_uri is None else nullcontext(tracking_uri)
+            plain_server(folder, workers)
+            if tracking_uri is None
+            else nullcontext((tracking_uri, None))
         )
-        with server as uri:
+        with server as (uri, _):
             experiment = f"analysis-speed-{int(time.time())}"
             started = time.perf_counter()
             # MLflow prints a "View run" link for every run it ends on a server.

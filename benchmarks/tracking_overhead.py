@@ -58,14 +58,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import redirect_stdout
 from dataclasses import dataclass
@@ -74,52 +70,16 @@ from pathlib import Path
 import click
 import mlflow
 import psutil
+from plain_server import plain_server
 
 from cifar_mlflow import data, engine, tracking
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.engine import Callback, EpochMetrics
-from cifar_mlflow.server import free_port
 
-SERVER_START_TIMEOUT_S = 180
 TRAIN_IMAGES = 50_000  # 45,000 train + 5,000 valid
 TEST_IMAGES = 10_000
 WARM_UP_TRAIN_SIZE = 512
 EXPERIMENT = "tracking-overhead"
-
-
-@contextlib.contextmanager
-def local_server(folder: Path) -> Iterator[tuple[str, psutil.Process]]:
-    """A plain `mlflow server` (SQLite, local artifacts) on a free loopback port."""
-    port = free_port()
-    log = (folder / "server.log").open("w")
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-        "--artifacts-destination", str(folder / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    # Its own session, so stopping it also stops the processes it starts.
-    server = subprocess.Popen(command, cwd=folder, stdout=log, stderr=log, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while not _healthy(uri):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise click.ClickException(f"mlflow server did not start; see {log.name}")
-            time.sleep(0.5)
-        yield uri, psutil.Process(server.pid)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-        log.close()
-
-
-def _healthy(uri: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def process_tree_cpu_s(process: psutil.Process) -> float:
@@ -344,7 +304,7 @@ def main(epochs: int, repeats: int, system_metrics_interval: float | None, devic
         data.write_synthetic_cifar(folder / "data", TRAIN_IMAGES, TEST_IMAGES)
         arrays = data.read_cifar_folder(folder / "data", name="synthetic")
         click.echo(f"synthetic set written and read in {time.perf_counter() - started:.1f} s")
-        with local_server(folder) as (uri, server):
+        with plain_server(folder) as (uri, server):
             mlflow.set_tracking_uri(uri)
             untracked(warm_up, arrays, server)
             tracked(warm_up, arrays, server)
