@@ -20,7 +20,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.entities import Experiment, Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.time import get_current_time_millis
 from torch import nn
@@ -87,16 +87,16 @@ def use_worker_environment(env: Mapping[str, str]) -> None:
 
 def use_experiment(name: str) -> str:
     """Select (creating if needed) experiment `name`, tagged for MLflow's training-run view."""
-    experiment = mlflow.set_experiment(name)
-    mark_experiment_kind(experiment.experiment_id)
+    experiment = mlflow.set_experiment(name)  # fetched with its tags: no second lookup
+    mark_experiment_kind(experiment)
     return experiment.experiment_id
 
 
-def mark_experiment_kind(experiment_id: str) -> None:
-    client = MlflowClient()
-    tags = client.get_experiment(experiment_id).tags
-    if tags.get(schema.EXPERIMENT_KIND_TAG) != schema.EXPERIMENT_KIND:
-        client.set_experiment_tag(experiment_id, schema.EXPERIMENT_KIND_TAG, schema.EXPERIMENT_KIND)
+def mark_experiment_kind(experiment: Experiment) -> None:
+    if experiment.tags.get(schema.EXPERIMENT_KIND_TAG) != schema.EXPERIMENT_KIND:
+        MlflowClient().set_experiment_tag(
+            experiment.experiment_id, schema.EXPERIMENT_KIND_TAG, schema.EXPERIMENT_KIND
+        )
 
 
 def run_tags(config: TrainConfig, study: str, env: Environment) -> dict[str, str]:
@@ -179,7 +179,7 @@ def training_run(
     )
     with ended_by_outcome():
         if run_id is not None:
-            mark_experiment_kind(run.info.experiment_id)
+            mark_experiment_kind(MlflowClient().get_experiment(run.info.experiment_id))
         log_tags_and_new_params(run, run_tags(config, study, env), config.to_params())
         if not run.inputs.dataset_inputs:  # a continued run has it already
             log_dataset(arrays)
@@ -390,7 +390,7 @@ def sweep_run(
     run = mlflow.start_run(run_id=run_id, run_name=study_name)
     with ended_by_outcome():
         if run_id is not None:
-            mark_experiment_kind(run.info.experiment_id)
+            mark_experiment_kind(MlflowClient().get_experiment(run.info.experiment_id))
         tags = {
             schema.TAG_STUDY: study_name,
             schema.TAG_ROLE: schema.ROLE_SWEEP,
