@@ -21,27 +21,32 @@ Targets: overhead ≤ 2 % of the wall time, ≤ 10 ms blocked per epoch.
     .venv/bin/python benchmarks/tracking_overhead.py [--epochs 3] [--repeats 2]
         [--system-metrics-interval SECONDS] [--device auto]
 
-Measured 2026-11-27 on the development machine (2-core AMD EPYC, KVM, precision auto = bf16,
-load average 0.9 at the start), defaults, 1 min 47 s:
+Measured 2026-11-27 on the development machine (2-core AMD EPYC, KVM, precision auto = bf16;
+the benchmark itself keeps the load average near 2.8), `--repeats 3`, 2 min 30 s:
 
-    wall time, untracked                             14.78 s
-    wall time, tracked                               16.06 s
-    overhead: tracked / untracked - 1                +8.65 %
-      without the end-of-run logging                 +4.36 %
-    main thread blocked by tracking                  1.00 s (6.76 %)
-      without the end-of-run logging                 0.36 s (2.47 %)
-      MLflow alone, without the end-of-run logging   0.35 s (2.39 %)
-      run set-up: experiment, run, params, data set  0.28 s
-      per epoch, in on_epoch_end: median / max       1.58 / 6.50 ms
-      per epoch, checkpoint: median / max            3.3 / 7.9 ms
-      end-of-run logging, in on_train_end            0.63 s
+    wall time, untracked                             16.40 s
+    wall time, tracked                               16.78 s
+    overhead: tracked / untracked - 1                +2.32 %
+      without the end-of-run logging                 -0.70 %
+    main thread blocked by tracking                  0.79 s (4.83 %)
+      without the end-of-run logging                 0.30 s (1.80 %)
+      MLflow alone, without the end-of-run logging   0.29 s (1.74 %)
+      run set-up: experiment, run, params, data set  0.22 s
+      per epoch, in on_epoch_end: median / max       0.71 / 2.37 ms
+      per epoch, checkpoint: median / max            3.4 / 4.0 ms
+      end-of-run logging, in on_train_end            0.50 s
       ending the run: flush, end_run, get_run        0.06 s
-    training pass per epoch, untracked               4.37 s
-    training pass per epoch, tracked                 4.48 s (+2.6 %)
-    CPU during training: MLflow's threads            0.085 s of 14.5 s
-    CPU during training: tracking server             0.215 s
+    training pass per epoch, untracked               4.74 s
+    training pass per epoch, tracked                 4.69 s (-1.1 %)
+    CPU during training: MLflow's threads            0.270 s of 15.2 s
+    CPU during training: tracking server             0.250 s
 
-Before the checkpoint was written in a thread it blocked the loop ~100 ms per epoch; before
+The wall times of single runs swung by 2 s (12 %) between repeats here, more than the
+overhead: the blocked time is the steadier figure. About 50 ms of each of the set-up's and
+the model logging's requests is the server's own latency (SQLite or PostgreSQL alike).
+Before the checkpoint was written in a thread it blocked the loop ~100 ms per epoch (and
+while it was started before the metrics were queued, its pickling held the GIL and
+`on_epoch_end` took 5 ms instead of 0.7); before
 the weights figure became one image per panel (not an Axes per unit) and the run's tags and
 params went in one request, the end-of-run logging took 1.2 s and the set-up 0.39 s.
 Before `MlflowCallback` logged through `MlflowClient.log_batch` and the run stopped flushing

@@ -313,7 +313,7 @@ def train_tracked(
             tracker.on_epoch_end(EpochMetrics(**epoch))
         checkpoint = checkpoint_path(config.checkpoint_dir, run_id)
         with CheckpointCallback(checkpoint) as checkpointer:
-            _, final = fit(config, data, env, [*callbacks, checkpointer, tracker], resume)
+            _, final = fit(config, data, env, [*callbacks, tracker, checkpointer], resume)
     # A finished run needs no checkpoint; a failed or killed one keeps it for --resume.
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
     return MlflowClient().get_run(run_id), final
