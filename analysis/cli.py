@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 
 import click
 
-from analysis.query import AnalysisError
 from cifar_mlflow.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,7 +32,7 @@ class AnalysisCommand(click.Command):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (AnalysisError, UserError) as error:
+        except UserError as error:
             raise OneLineUsageError(str(error), ctx) from error
 
 

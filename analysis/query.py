@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from cifar_mlflow import schema
+from cifar_mlflow.errors import UserError
 from cifar_mlflow.server import check_reachable
 
 # Per-run, per-metric history requests are independent REST round trips: overlapping them hides
@@ -32,7 +33,7 @@ RUN_COLUMNS = ["run_id", "experiment_id", "run_name", "status", "start_time"]
 HISTORY_COLUMNS = ["run_id", "metric", "step", "timestamp", "value"]
 
 
-class AnalysisError(Exception):
+class AnalysisError(UserError):
     """A user error: unknown study, experiment or run, or nothing to analyse."""
 
 

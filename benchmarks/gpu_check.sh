@@ -9,8 +9,8 @@
 # Stage 1 trains each model for 2 epochs on the synthetic set through `engine.fit`, twice with
 # the same seed (and the MLP once more compiled), and prints the environment, the curves and
 # whether the two runs agree: on CUDA, cuDNN autotuning and atomics may make them differ in the
-# last digits, which this check reports rather than fails on. Stages 2 and 3 print the tables
-# that the module docstring of benchmarks/throughput.py asks for. Output also goes to
+# last digits, which this check reports rather than fails on. Stages 2 and 3 print the
+# throughput tables of benchmarks/throughput.py, without and with --compile. Output also goes to
 # $OUT/gpu_check.log when OUT is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,6 @@ echo "== stage 1: engine.fit on CUDA, twice per model with the same seed"
 "$PYTHON" - <<'PY'
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -44,8 +43,7 @@ class Curves(engine.Callback):
 
 
 with tempfile.TemporaryDirectory() as tmp:
-    data.write_synthetic_cifar(Path(tmp))
-    arrays = data.read_cifar_folder(Path(tmp), name="synthetic")
+    arrays = data.load_arrays(TrainConfig(dataset="synthetic", data_dir=tmp))
     runs = [(model, False) for model in ("mlp", "resnet18", "mlpmixer")] + [("mlp", True)]
     for model, compile in runs:
         config = TrainConfig(model=model, dataset="synthetic", epochs=2, device="cuda")

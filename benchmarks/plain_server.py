@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import click
 import psutil
 
-from cifar_mlflow.server import free_port
+from cifar_mlflow.server import free_port, healthy
 
 START_TIMEOUT_S = 180
 
@@ -40,7 +39,7 @@ def plain_server(folder: Path, workers: int = 1) -> Iterator[tuple[str, psutil.P
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _healthy(uri):
+        while not healthy(uri):
             if server.poll() is not None or time.monotonic() > deadline:
                 raise click.ClickException(f"mlflow server did not start; see {log.name}")
             time.sleep(0.5)
@@ -49,11 +48,3 @@ def plain_server(folder: Path, workers: int = 1) -> Iterator[tuple[str, psutil.P
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
         log.close()
-
-
-def _healthy(uri: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False

@@ -51,7 +51,7 @@ from mlflow import MlflowClient
 
 from cifar_mlflow.server import free_port, start, stop
 from cifar_mlflow.studies import Study, load_study
-from cifar_mlflow.sweep import RayOptions, data_sets, run_sweep
+from cifar_mlflow.sweep import data_sets, run_sweep
 
 STUDY_FILE = Path(__file__).resolve().with_name("ray_sweep_study.yaml")
 DEFAULT_OPTIONS = ("epochs=12",)
@@ -77,7 +77,6 @@ def timed_sweep(
             study,
             overrides,
             executor=executor,
-            ray_options=RayOptions(cpus_per_trial=1) if executor == "ray" else None,
             experiment=f"bench-ray-sweep-{executor}-{uuid.uuid4().hex[:8]}",
             echo=lambda line: click.echo(line, err=True),
         )
@@ -123,8 +122,9 @@ def main(cpus: int, study: str, options: tuple[str, ...]) -> None:
                 "device": "cpu",
                 **dict(option.split("=", 1) for option in options),
             }
+            configs = loaded.trial_configs(overrides)
             # The data set is written once, outside both timings.
-            data_sets(loaded.trial_configs(overrides))
+            data_sets(configs)
             torch.set_num_threads(cpus)
             load_before = os.getloadavg()[0]
             local, local_trial = timed_sweep(loaded, overrides, "local", cpus)
@@ -135,8 +135,7 @@ def main(cpus: int, study: str, options: tuple[str, ...]) -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(server_dir, ignore_errors=True)
-    trials = len(loaded.trial_configs(overrides))
-    print(f"sweep: study {loaded.name}, {trials} trials, {' '.join(options)}, synthetic data")
+    print(f"sweep: study {loaded.name}, {len(configs)} trials, {' '.join(options)}, synthetic data")
     print(f"{cpus} CPUs, PostgreSQL-backed local server; wall time, mean time per trial run")
     print(f"local: 1 trial at a time, {cpus} torch threads   {local:7.1f} s  {local_trial:6.1f} s")
     print(f"ray: {cpus} at a time, 1 thread each, with")

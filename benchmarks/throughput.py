@@ -439,12 +439,12 @@ def main(
     torch_device = engine.resolve_device(device)
     sizes = QUICK_IMAGES if quick else CPU_IMAGES if torch_device.type == "cpu" else GPU_IMAGES
     peak_flops = bf16_peak_flops(torch_device)
-    env = engine.environment_for(TrainConfig(device=device, precision=precision))
     setting = [
         f"device {torch_device} ({describe(torch_device)})",
         f"torch {torch.__version__}",
         f"batch {BATCH_SIZE}, adamw",
-        f"project {env.precision}{', compiled' if compile else ''}",
+        f"project {'bf16' if engine.uses_bf16(precision, torch_device) else 'fp32'}"
+        f"{', compiled' if compile else ''}",
         f"{len(os.sched_getaffinity(0))} reference workers",
         f"median of {repeats} repeats",
         f"load average {os.getloadavg()[0]:.1f}",

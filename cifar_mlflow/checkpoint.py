@@ -43,7 +43,8 @@ def save_checkpoint(path: Path, state: TrainingState) -> None:
     os.replace(partial, path)
 
 
-def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> TrainingState | None:
+def load_checkpoint(path: Path) -> TrainingState | None:
+    """The checkpoint at `path`, on the CPU (`fit` moves what it needs), or None."""
     if not path.exists():
         return None
-    return TrainingState(**torch.load(path, map_location=map_location, weights_only=False))
+    return TrainingState(**torch.load(path, map_location="cpu", weights_only=False))

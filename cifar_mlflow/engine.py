@@ -297,24 +297,16 @@ def training_batches(
     chunk_size = batch_size * env.augment_batches
     for chunk_images, chunk_labels in batches(split, chunk_size, generator):
         chunk_images = augment(chunk_images, generator).contiguous(memory_format=env.memory_format)
-        for start in range(0, len(chunk_labels), batch_size):
-            end = start + batch_size
-            yield chunk_images[start:end], chunk_labels[start:end]
+        yield from batches(Split(chunk_images, chunk_labels), batch_size)
 
 
 @torch.inference_mode()
-def evaluate(
-    model: nn.Module, split: Split, env: Environment, batch_size: int | None = None
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `model` on `split`, in eval mode.
-
-    `batch_size` defaults to the environment's evaluation batch.
-    """
+def evaluate(model: nn.Module, split: Split, env: Environment) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` on `split`, in eval mode."""
     model.eval()
-    batch_size = batch_size or env.eval_batch_size
     loss_sum = torch.zeros((), device=env.device)
     correct = torch.zeros((), device=env.device, dtype=torch.long)
-    for images, labels in batches(split, batch_size):
+    for images, labels in batches(split, env.eval_batch_size):
         with env.autocast():
             logits = model(images)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")

@@ -179,7 +179,7 @@ def _start_mlflow(
 
 def _wait_until_healthy(process: subprocess.Popen, uri: str, log_path: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not _healthy(uri):
+    while not healthy(uri):
         if process.poll() is not None:
             raise ServerError(
                 f"mlflow server exited during start-up: {_last_line(log_path)} (log: {log_path})"
@@ -347,7 +347,8 @@ def _terminate(process: psutil.Process) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
-def _healthy(uri: str) -> bool:
+def healthy(uri: str) -> bool:
+    """Whether the MLflow server at `uri` answers its health check."""
     try:
         with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
             return response.status == 200

@@ -178,7 +178,9 @@ def training_run(
         log_system_metrics=True,
     )
     with ended_by_outcome():
-        if run_id is not None:
+        # `mlflow run` selected the experiment untagged; a sweep's trials and resumed runs are
+        # in experiments tagged when their first run started.
+        if run_id is not None and run_id == run_id_from_mlflow_run():
             mark_experiment_kind(MlflowClient().get_experiment(run.info.experiment_id))
         log_tags_and_new_params(run, run_tags(config, study, env), config.to_params())
         if not run.inputs.dataset_inputs:  # a continued run has it already
@@ -308,7 +310,7 @@ def train_tracked(
         experiment=experiment,
     ) as run:
         run_id = run.info.run_id
-        tracker = MlflowCallback(run_id, config, data.valid.images[:2], logged_epochs(run_id))
+        tracker = MlflowCallback(run_id, config, data.valid.images[:2], logged_epochs(run))
         for epoch in resume.history if resume else ():
             tracker.on_epoch_end(EpochMetrics(**epoch))
         checkpoint = checkpoint_path(config.checkpoint_dir, run_id)
@@ -319,9 +321,11 @@ def train_tracked(
     return MlflowClient().get_run(run_id), final
 
 
-def logged_epochs(run_id: str) -> set[int]:
-    """Epochs whose metrics the server already holds."""
-    history = MlflowClient().get_metric_history(run_id, schema.EPOCH_METRICS[0])
+def logged_epochs(run: Run) -> set[int]:
+    """Epochs whose metrics the server already holds (a new run has none: no request)."""
+    if schema.EPOCH_METRICS[0] not in run.data.metrics:
+        return set()
+    history = MlflowClient().get_metric_history(run.info.run_id, schema.EPOCH_METRICS[0])
     return {metric.step for metric in history}
 
 
@@ -333,9 +337,9 @@ def resumable_run(run_id: str) -> tuple[Run, TrainConfig, TrainingState]:
         raise UserError(f"no run with id {run_id!r} on {mlflow.get_tracking_uri()}") from None
     if run.info.status == "FINISHED":
         raise UserError(f"run {run_id} already FINISHED; nothing to resume")
-    params = run.data.params
-    config = TrainConfig.from_overrides({k: v for k, v in params.items() if k in field_types()})
-    state = load_checkpoint(checkpoint_path(config.checkpoint_dir, run_id))
+    known = field_types()
+    config = TrainConfig.from_overrides({k: v for k, v in run.data.params.items() if k in known})
+    state = checkpoint_of(config, run)
     if state is None:
         raise UserError(
             f"run {run_id} has no checkpoint in {config.checkpoint_dir}; it cannot be resumed"

@@ -22,9 +22,8 @@ from mlflow import MlflowClient
 from cifar_mlflow import schema
 from cifar_mlflow.cli import main
 from cifar_mlflow.ray_executor import is_local_address, is_local_store
-from tests.test_sweep import parents_and_children
+from tests.test_sweep import SMALL, folders, mlflow_run_sweep, parents_and_children
 
-SMALL = ["--dataset", "synthetic", "--epochs", "1"]
 # The sweep benchmarks/ray_sweep.py times: four trials of a narrow Mixer, seconds each here.
 FOUR_TRIALS = [
     "--study",
@@ -43,9 +42,8 @@ def ray_2_cpus() -> Iterator[None]:
 
 def sweep(*args: str, data_dir: Path) -> int:
     """`python -m cifar_mlflow sweep ARGS` in this process (on its Ray): the exit status."""
-    folders = ["--data-dir", str(data_dir), "--checkpoint-dir", str(data_dir / "ck")]
     with pytest.raises(SystemExit) as exit_info:
-        main(["sweep", *args, *SMALL, *folders])
+        main(["sweep", *args, *SMALL, *folders(data_dir)])
     return exit_info.value.code
 
 
@@ -143,24 +141,14 @@ def test_mlflow_run_passes_the_ray_parameters(server_env, tmp_path, small_synthe
     """`mlflow run -e sweep -P executor=ray`: its run is the parent, Ray starts and stops."""
     study = tmp_path / "two.yaml"
     study.write_text("model: mlp\ngrid:\n  activation: [relu, tanh]\n")
-    repo = Path(__file__).resolve().parents[1]
-    command = ["mlflow", "run", str(repo), "--env-manager", "local", "-e", "sweep"]
-    params = {
-        "study": str(study),
-        "executor": "ray",
-        "ray_address": "local",
-        "cpus_per_trial": "1",
-        "gpus_per_trial": "0",
-        "dataset": "synthetic",
-        "epochs": "1",
-        "data_dir": str(small_synthetic_dir),
-        "checkpoint_dir": str(tmp_path / "ck"),
-    }
-    for name, value in params.items():
-        command += ["-P", f"{name}={value}"]
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    result = mlflow_run_sweep(
+        f"study={study}",
+        "executor=ray",
+        "ray_address=local",
+        "cpus_per_trial=1",
+        "gpus_per_trial=0",
+        data_dir=small_synthetic_dir,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (parent,), children = experiment_runs()
     assert parent.info.status == "FINISHED"

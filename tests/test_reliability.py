@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,6 @@ from mlflow import MlflowClient
 
 from cifar_mlflow import schema, server
 from cifar_mlflow.checkpoint import checkpoint_path
-from tests.fixtures.server import new_data_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -147,36 +145,32 @@ def test_a_diverging_loss_ends_the_run_failed_with_the_reason(tracking_store, tm
     assert "non-finite" in run.data.tags[schema.TAG_FAILURE_REASON]
 
 
-def test_metrics_survive_a_20_s_server_outage_exactly_once(tmp_path, monkeypatch):
-    data_dir = new_data_dir()
+def test_metrics_survive_a_20_s_server_outage_exactly_once(tmp_path, monkeypatch, own_server_dir):
+    data_dir = own_server_dir
     port = server.free_port()
     running = server.start(data_dir, port=port)
-    try:
-        env = {
-            **os.environ,
-            **running.env,
-            "MLFLOW_EXPERIMENT_NAME": "outage",
-            "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",
-        }
-        epochs = ["--epochs", "12", "--train-size", "2000", "--dataset", "synthetic"]
-        folders = ["--data-dir", str(tmp_path / "data"), "--checkpoint-dir", str(tmp_path / "ck")]
-        process = start_cli("train", *epochs, *folders, env=env)
-        lines = []
-        for line in process.stdout:
-            lines.append(line)
-            if "epoch 2/12" in line:
-                break
-        server.stop(data_dir)
-        time.sleep(20)
-        running = server.start(data_dir, port=port)
-        lines.append(process.communicate(timeout=300)[0])
-        assert process.returncode == 0, "".join(lines)[-3000:]
-        for name, value in running.env.items():
-            monkeypatch.setenv(name, value)
-        run = only_run("outage")
-        assert run.info.status == "FINISHED"
-        expected = list(range(1, 13))
-        assert points_per_epoch(run.info.run_id) == {n: expected for n in schema.EPOCH_METRICS}
-    finally:
-        server.stop(data_dir)
-        shutil.rmtree(data_dir, ignore_errors=True)
+    env = {
+        **os.environ,
+        **running.env,
+        "MLFLOW_EXPERIMENT_NAME": "outage",
+        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",
+    }
+    epochs = ["--epochs", "12", "--train-size", "2000", "--dataset", "synthetic"]
+    folders = ["--data-dir", str(tmp_path / "data"), "--checkpoint-dir", str(tmp_path / "ck")]
+    process = start_cli("train", *epochs, *folders, env=env)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "epoch 2/12" in line:
+            break
+    server.stop(data_dir)
+    time.sleep(20)
+    running = server.start(data_dir, port=port)
+    lines.append(process.communicate(timeout=300)[0])
+    assert process.returncode == 0, "".join(lines)[-3000:]
+    for name, value in running.env.items():
+        monkeypatch.setenv(name, value)
+    run = only_run("outage")
+    assert run.info.status == "FINISHED"
+    expected = list(range(1, 13))
+    assert points_per_epoch(run.info.run_id) == {n: expected for n in schema.EPOCH_METRICS}

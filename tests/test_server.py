@@ -25,8 +25,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.schema import EPOCH_METRICS
-from cifar_mlflow.server import TrackingServer, free_port, server, stop
-from tests.fixtures.server import new_data_dir
+from cifar_mlflow.server import TrackingServer, free_port, server
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -280,42 +279,37 @@ def start_with_cli(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str,
 
 @pytest.mark.e2e
 def test_restart_keeps_runs_metrics_and_artifacts(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, own_server_dir: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    data_dir = new_data_dir()
-    try:
-        first = start_with_cli(data_dir, monkeypatch)
-        client = MlflowClient()
-        experiment_id = client.create_experiment("restart")
-        run_id = client.create_run(experiment_id, run_name="before-restart").info.run_id
-        client.log_param(run_id, "lr", "0.001")
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric("valid_acc", s / 10, now, s) for s in (1, 2, 3)])
-        (tmp_path / "config.json").write_text('{"lr": 0.001}')
-        client.log_artifact(run_id, str(tmp_path / "config.json"))
-        client.set_terminated(run_id)
+    data_dir = own_server_dir
+    first = start_with_cli(data_dir, monkeypatch)
+    client = MlflowClient()
+    experiment_id = client.create_experiment("restart")
+    run_id = client.create_run(experiment_id, run_name="before-restart").info.run_id
+    client.log_param(run_id, "lr", "0.001")
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric("valid_acc", s / 10, now, s) for s in (1, 2, 3)])
+    (tmp_path / "config.json").write_text('{"lr": 0.001}')
+    client.log_artifact(run_id, str(tmp_path / "config.json"))
+    client.set_terminated(run_id)
 
-        assert CliRunner().invoke(server, ["stop", "--data-dir", str(data_dir)]).exit_code == 0
-        with pytest.raises(requests.ConnectionError):
-            requests.get(f"{first['MLFLOW_TRACKING_URI']}/health", timeout=5)
+    assert CliRunner().invoke(server, ["stop", "--data-dir", str(data_dir)]).exit_code == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{first['MLFLOW_TRACKING_URI']}/health", timeout=5)
 
-        # On another port: what a run refers to must not depend on where the server listens.
-        second = start_with_cli(data_dir, monkeypatch)
-        assert second["MLFLOW_TRACKING_PASSWORD"] == first["MLFLOW_TRACKING_PASSWORD"]
-        client = MlflowClient()
-        run = client.get_run(run_id)
-        assert run.info.status == "FINISHED"
-        assert run.data.params == {"lr": "0.001"}
-        history = client.get_metric_history(run_id, "valid_acc")
-        assert sorted((m.step, m.value) for m in history) == [(1, 0.1), (2, 0.2), (3, 0.3)]
-        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
-        downloaded = client.download_artifacts(run_id, "config.json", str(tmp_path / "back"))
-        assert Path(downloaded).read_text() == '{"lr": 0.001}'
-    finally:
-        if (data_dir / "server.json").exists():
-            stop(data_dir)
-        shutil.rmtree(data_dir, ignore_errors=True)
+    # On another port: what a run refers to must not depend on where the server listens.
+    second = start_with_cli(data_dir, monkeypatch)
+    assert second["MLFLOW_TRACKING_PASSWORD"] == first["MLFLOW_TRACKING_PASSWORD"]
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"lr": "0.001"}
+    history = client.get_metric_history(run_id, "valid_acc")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+    downloaded = client.download_artifacts(run_id, "config.json", str(tmp_path / "back"))
+    assert Path(downloaded).read_text() == '{"lr": 0.001}'
 
 
 @pytest.mark.e2e
