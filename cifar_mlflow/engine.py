@@ -82,6 +82,9 @@ class Callback:
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
         pass
 
+    def on_test_start(self, model: nn.Module) -> None:
+        """`model` is final (the inference speed is measured); the test split is next."""
+
     def on_train_end(self, model: nn.Module, metrics: FinalMetrics) -> None:
         pass
 
@@ -443,6 +446,9 @@ def fit(
     # The first epoch pays for warm-up (allocator, cuDNN autotuning, compiling), so it is left out.
     train_epoch_time = statistics.median(epoch_times[1:] or epoch_times)
     valid_time = inference_time(forward, data.valid, env)
+    # After the timing: what callbacks start with the final model (uploads) must not slow it.
+    for callback in callbacks:
+        callback.on_test_start(model)
     test_loss, test_acc = evaluate(forward, data.test, env)
     final = FinalMetrics(
         test_loss=test_loss,

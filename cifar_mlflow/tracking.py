@@ -8,24 +8,40 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
+from pathlib import Path
+from types import ModuleType
 
+import cloudpickle
 import mlflow
 import numpy as np
 import torch
 from mlflow import MlflowClient
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Experiment, Metric, Param, Run, RunTag
+from mlflow.entities import (
+    DatasetInput,
+    Experiment,
+    InputTag,
+    LoggedModelOutput,
+    Metric,
+    Param,
+    Run,
+    RunTag,
+)
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.utils.time import get_current_time_millis
 from torch import nn
 
-import cifar_mlflow
+import cifar_mlflow.models
 from cifar_mlflow import schema
 from cifar_mlflow.checkpoint import TrainingState, checkpoint_path, load_checkpoint
 from cifar_mlflow.config import TrainConfig, field_types
@@ -119,8 +135,7 @@ def log_tags_and_new_params(run: Run, tags: Mapping[str, str], params: Mapping[s
     """Set `tags` and log the params `run` does not have yet, in one request.
 
     `mlflow run` has already logged its `-P` values, possibly spelled differently (`1e-3` for
-    `0.001`); logging the same key with another value is an MLflow error. The tags are written
-    before training starts: a sweep finds a killed trial again by its `trial_key`.
+    `0.001`); logging the same key with another value is an MLflow error.
     """
     existing = run.data.params
     MlflowClient().log_batch(
@@ -130,20 +145,33 @@ def log_tags_and_new_params(run: Run, tags: Mapping[str, str], params: Mapping[s
     )
 
 
-def log_dataset(arrays: CifarArrays) -> None:
-    """Record the data set on the active run: name, source folder, digest of the arrays."""
+def log_dataset(run_id: str, arrays: CifarArrays) -> None:
+    """Record the data set on run `run_id`: name, source folder, digest of the arrays."""
     with warnings.catch_warnings():
         # MLflow registers the local-file source twice and warns that it is ambiguous.
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(arrays.source)
     dataset = MetaDataset(source=source, name=arrays.name, digest=arrays.digest())
+    # What `mlflow.log_input` sends, but for run `run_id`: the active run is per thread.
+    training = DatasetInput(
+        dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")]
+    )
     try:
-        mlflow.log_input(dataset, context="training")
+        MlflowClient().log_inputs(run_id, datasets=[training])
     except MlflowException:
         # The server looks the data set up, then inserts it: a trial of the same experiment
         # running at the same time (Ray) can insert it in between, failing this insert on a
         # unique key. Once more, the server finds it and only links it to this run.
-        mlflow.log_input(dataset, context="training")
+        MlflowClient().log_inputs(run_id, datasets=[training])
+
+
+def record_run_description(
+    run: Run, config: TrainConfig, arrays: CifarArrays, study: str, env: Environment
+) -> None:
+    """Tags, params and data set of `run`: what the UI, the analysis and sweeps look up."""
+    log_tags_and_new_params(run, run_tags(config, study, env), config.to_params())
+    if not run.inputs.dataset_inputs:  # a continued run has it already
+        log_dataset(run.info.run_id, arrays)
 
 
 @contextlib.contextmanager
@@ -160,7 +188,12 @@ def training_run(
 
     With `run_id` the existing run is used (the one `mlflow run` or a sweep created);
     otherwise a new run is created in `experiment`. The run ends FINISHED, or FAILED with the
-    reason as a tag when the body raises, KILLED on Ctrl-C.
+    reason as a tag when the body raises or its description could not be recorded, KILLED on
+    Ctrl-C.
+
+    The description (two requests, ~0.1 s) is written by a thread while the body starts
+    training: nothing in training reads it, and the first checkpoint, which a sweep finds by
+    the run's `trial_key` tag, comes an epoch later.
     """
     if run_id is None:
         # Tags the experiment for the UI as it selects it; `mlflow run` selected it untagged.
@@ -177,15 +210,14 @@ def training_run(
         nested=mlflow.active_run() is not None,
         log_system_metrics=True,
     )
-    with ended_by_outcome():
+    with ended_by_outcome(), ThreadPoolExecutor(1, "run-description") as background:
+        described = background.submit(record_run_description, run, config, arrays, study, env)
         # `mlflow run` selected the experiment untagged; a sweep's trials and resumed runs are
         # in experiments tagged when their first run started.
         if run_id is not None and run_id == run_id_from_mlflow_run():
             mark_experiment_kind(MlflowClient().get_experiment(run.info.experiment_id))
-        log_tags_and_new_params(run, run_tags(config, study, env), config.to_params())
-        if not run.inputs.dataset_inputs:  # a continued run has it already
-            log_dataset(arrays)
         yield run
+        described.result()
 
 
 @contextlib.contextmanager
@@ -229,59 +261,116 @@ def run_link(run: Run) -> str:
 
 
 class MlflowCallback(Callback):
-    """Logs the engine's reports to the active run."""
+    """Logs the engine's reports to `run`.
+
+    The artifacts of the final model (config.json, the weights figure, the model: ~0.4 s of
+    requests for the MLP) are uploaded by a thread while the engine evaluates the test split;
+    `on_train_end` waits for them. Use it as a context manager: leaving waits for the upload
+    also when training raised.
+    """
 
     def __init__(
         self,
-        run_id: str,
+        run: Run,
         config: TrainConfig,
         input_example: torch.Tensor,
         logged_epochs: set[int] | None = None,
     ) -> None:
-        self.run_id = run_id
+        self.run = run
+        self.run_id = run.info.run_id
         self.config = config
         self.input_example = input_example
         # Epochs the server holds already (a resumed run): never logged twice.
         self.logged_epochs = set(logged_epochs or ())
+        self._uploader = ThreadPoolExecutor(1, "model-artifacts")
+        self._artifacts_logged: Future | None = None
+
+    def __enter__(self) -> MlflowCallback:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._uploader.shutdown()
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
         if metrics.epoch not in self.logged_epochs:
             self._log_metrics(metrics.metrics(), step=metrics.epoch)
             self.logged_epochs.add(metrics.epoch)
 
-    def on_train_end(self, model: nn.Module, metrics: FinalMetrics) -> None:
-        self._log_metrics(asdict(metrics), step=0)
-        client = MlflowClient()
-        config = {"config": self.config.to_params(), "trial_key": self.config.trial_key()}
-        client.log_dict(self.run_id, config, schema.CONFIG_ARTIFACT)
-        client.log_figure(self.run_id, weights_figure(model), schema.WEIGHTS_FIGURE_ARTIFACT)
-        log_model(model, self.input_example)
+    def on_test_start(self, model: nn.Module) -> None:
+        self._artifacts_logged = self._uploader.submit(self._log_artifacts, model)
 
-    def _log_metrics(self, values: Mapping[str, float], step: int) -> None:
+    def on_train_end(self, model: nn.Module, metrics: FinalMetrics) -> None:
+        model_id = self._artifacts_logged.result()  # started in on_test_start
+        # Also the logged model's metrics: the UI shows them with the model.
+        self._log_metrics(asdict(metrics), step=0, model_id=model_id)
+
+    def _log_artifacts(self, model: nn.Module) -> str:
+        """Uploads the final model's artifacts; returns the logged model's id."""
+        config = {"config": self.config.to_params(), "trial_key": self.config.trial_key()}
+        # Both files in one upload: each separate log_* call would first fetch the run.
+        with tempfile.TemporaryDirectory(prefix="cifar-mlflow-artifacts-") as folder:
+            (Path(folder) / schema.CONFIG_ARTIFACT).write_text(json.dumps(config, indent=2))
+            figure_path = Path(folder) / schema.WEIGHTS_FIGURE_ARTIFACT
+            figure_path.parent.mkdir(parents=True, exist_ok=True)
+            weights_figure(model).savefig(figure_path)
+            MlflowClient().log_artifacts(self.run_id, folder)
+        return log_model(self.run, model, self.input_example, self.config.to_params())
+
+    def _log_metrics(
+        self, values: Mapping[str, float], step: int, model_id: str | None = None
+    ) -> None:
         # One batched call, queued for MLflow's background thread (under a millisecond here).
         # `mlflow.log_metrics(run_id=...)` would first fetch the run: a blocking round trip.
         now = get_current_time_millis()
-        metrics = [Metric(key, float(value), now, step) for key, value in values.items()]
+        metrics = [
+            Metric(key, float(value), now, step, model_id=model_id) for key, value in values.items()
+        ]
         MlflowClient().log_batch(self.run_id, metrics=metrics, synchronous=False)
 
 
-def log_model(model: nn.Module, input_example: torch.Tensor) -> None:
-    """Log a CPU fp32 copy of `model` that `mlflow.pytorch.load_model` loads anywhere.
+def log_model(
+    run: Run, model: nn.Module, input_example: torch.Tensor, params: Mapping[str, str]
+) -> str:
+    """Log a CPU fp32 copy of `model` as an output of `run`; returns the logged model's id.
 
-    The pickle format keeps the batch dimension free (pt2 would freeze it to the example's),
-    and shipping the package as code keeps the pickled classes importable without installing
-    this project.
+    `mlflow.pytorch.load_model` loads it anywhere: the pickle format keeps the batch dimension
+    free (pt2 would freeze it to the example's), and the model classes are pickled by value,
+    so they load without this project installed (shipping the package as code instead would
+    upload each of its files separately).
+
+    Called from a thread without an active run, `mlflow.pytorch.log_model` only fills the
+    model created here; linking it to `run` is then one request, where MLflow would fetch the
+    run twice and copy the history of every metric onto the model, a request per metric.
     """
     cpu_model = copy.deepcopy(model).float().cpu().eval()
     example = input_example.detach().float().cpu().contiguous().numpy().astype(np.float32)
-    mlflow.pytorch.log_model(
-        cpu_model,
+    logged = mlflow.initialize_logged_model(
         name=schema.MODEL_NAME,
-        serialization_format="pickle",
-        input_example=example,
-        code_paths=[os.path.dirname(cifar_mlflow.__file__)],
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        source_run_id=run.info.run_id,
+        params=dict(params),
+        experiment_id=run.info.experiment_id,
     )
+    with classes_pickled_by_value(cifar_mlflow.models):
+        mlflow.pytorch.log_model(
+            cpu_model,
+            name=schema.MODEL_NAME,
+            model_id=logged.model_id,
+            serialization_format="pickle",
+            input_example=example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+    MlflowClient().log_outputs(run.info.run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    return logged.model_id
+
+
+@contextlib.contextmanager
+def classes_pickled_by_value(package: ModuleType) -> Iterator[None]:
+    """Inside the block, cloudpickle (MLflow's pickler) stores `package`'s classes' code."""
+    cloudpickle.register_pickle_by_value(package)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(package)
 
 
 def train_tracked(
@@ -310,11 +399,13 @@ def train_tracked(
         experiment=experiment,
     ) as run:
         run_id = run.info.run_id
-        tracker = MlflowCallback(run_id, config, data.valid.images[:2], logged_epochs(run))
-        for epoch in resume.history if resume else ():
-            tracker.on_epoch_end(EpochMetrics(**epoch))
         checkpoint = checkpoint_path(config.checkpoint_dir, run_id)
-        with CheckpointCallback(checkpoint) as checkpointer:
+        with (
+            MlflowCallback(run, config, data.valid.images[:2], logged_epochs(run)) as tracker,
+            CheckpointCallback(checkpoint) as checkpointer,
+        ):
+            for epoch in resume.history if resume else ():
+                tracker.on_epoch_end(EpochMetrics(**epoch))
             _, final = fit(config, data, env, [*callbacks, tracker, checkpointer], resume)
     # A finished run needs no checkpoint; a failed or killed one keeps it for --resume.
     shutil.rmtree(checkpoint.parent, ignore_errors=True)

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
+from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-from cifar_mlflow import cli, data, engine, schema
+from cifar_mlflow import cli, data, engine, schema, tracking
 from cifar_mlflow.config import TrainConfig
 from tests.test_data import write_cifar_folder
 
@@ -250,9 +251,44 @@ def test_a_cifar_layout_folder_trains_via_data_dir(
     assert saved["config"] == config.to_params()
     assert saved["trial_key"] == config.trial_key()
 
+    # The logged model, an output of the run, carries its params and final metrics (the UI's
+    # model page shows them).
+    models = store.search_logged_models(experiment_ids=[run.info.experiment_id])
+    (model,) = [m for m in models if m.source_run_id == run.info.run_id]
+    assert [output.model_id for output in run.outputs.model_outputs] == [model.model_id]
+    assert model.params == config.to_params()
+    model_metrics = {metric.key: metric.value for metric in model.metrics}
+    assert set(model_metrics) == set(schema.FINAL_METRICS)
+    assert model_metrics["test_acc"] == run.data.metrics["test_acc"]
+
     # The user's sampling interval wins over the project's default.
     assert intervals == [1.0]
     assert run.info.run_id in out and "mlflow ui" in out
+
+
+@pytest.mark.parametrize(
+    "failing",
+    ["log_dataset", "log_model"],
+    ids=["run description, written beside training", "model upload, beside the test split"],
+)
+def test_a_request_failing_in_a_background_thread_fails_the_run(
+    failing: str,
+    store: MlflowClient,
+    small_synthetic_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refused(*args, **kwargs) -> None:
+        raise MlflowException("refused by the test server")
+
+    monkeypatch.setattr(tracking, failing, refused)
+    args = ["--dataset", "synthetic", "--data-dir", str(small_synthetic_dir), "--epochs", "1"]
+    with pytest.raises(MlflowException, match="refused by the test server"):
+        cli.main(["train", *args, "--checkpoint-dir", str(tmp_path / "ck")])
+    (run,) = all_runs(store)
+    assert run.info.status == "FAILED"
+    assert "refused by the test server" in run.data.tags[schema.TAG_FAILURE_REASON]
 
 
 def test_same_seed_gives_identical_train_loss_through_the_cli(

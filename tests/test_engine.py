@@ -69,6 +69,9 @@ class Recorder(Callback):
         self.epochs.append(metrics)
         self.events.append(("epoch_end", metrics.epoch))
 
+    def on_test_start(self, model: nn.Module) -> None:
+        self.events.append(("test_start",))
+
     def on_train_end(self, model: nn.Module, metrics: FinalMetrics) -> None:
         self.final = metrics
         self.events.append(("train_end",))
@@ -125,6 +128,7 @@ def test_fit_reports_every_epoch_then_final_metrics() -> None:
         ("epoch_end", 1),
         ("epoch_end", 2),
         ("epoch_end", 3),
+        ("test_start",),
         ("train_end",),
     ]
     assert recorder.batches == 9
@@ -222,6 +226,10 @@ def test_test_split_is_evaluated_once_after_the_last_epoch(
     test_seen = [i for i, e in enumerate(events) if e[0] == "forward" and e[1] == "test"]
     assert test_seen, "the test split was never evaluated"
     assert min(test_seen) > last_epoch
+    # Callbacks get the final model after the inference timing, before the test split.
+    test_start = events.index(("test_start",))
+    timing_seen = [i for i, e in enumerate(events) if e[:2] == ("forward", "valid")]
+    assert max(timing_seen) < test_start < min(test_seen)
     evaluated = [e[1] for e in events if e[0] == "evaluate"]
     assert evaluated == ["valid", "valid", "valid", "test"]
     # Valid and test are seen in eval mode, train batches in training mode.

@@ -213,8 +213,20 @@ def test_artifacts(trained: MlflowRunResult) -> None:
     assert TrainConfig.from_overrides(saved["config"]) == expected_config(trained)
 
 
+# Loads a logged model with `cifar_mlflow` unimportable: argv = model URI, folder.
+LOAD_WITHOUT_PROJECT = """
+import sys
+sys.modules["cifar_mlflow"] = None
+import mlflow, torch
+model = mlflow.pytorch.load_model(sys.argv[1])
+images = torch.load(sys.argv[2] + "/images.pt")
+with torch.no_grad():
+    torch.save(model.eval()(images), sys.argv[2] + "/logits.pt")
+"""
+
+
 def test_logged_model_loads_and_predicts_10_logits(
-    trained: MlflowRunResult, monkeypatch: pytest.MonkeyPatch
+    trained: MlflowRunResult, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     run = trained.only_run()
     models = trained.client.search_logged_models(experiment_ids=[trained.experiment_id])
@@ -226,6 +238,17 @@ def test_logged_model_loads_and_predicts_10_logits(
         logits = model.eval()(images)
     assert logits.shape == (3, 10)
     assert torch.isfinite(logits).all()
+
+    # Where this project is not installed, the model loads all the same and agrees.
+    torch.save(images, tmp_path / "images.pt")
+    subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_PROJECT, logged.model_uri, str(tmp_path)],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": trained.tracking_uri},
+        check=True,
+        capture_output=True,
+    )
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), logits)
 
 
 def test_nothing_is_written_into_the_checkout(
