@@ -183,8 +183,8 @@ def training_run(
     env: Environment,
     run_id: str | None = None,
     experiment: str | None = None,
-) -> Iterator[Run]:
-    """An active MLflow run holding `config`'s params, tags and data set.
+) -> Iterator[tuple[Run, Future]]:
+    """An active MLflow run and the writing of its description: params, tags and data set.
 
     With `run_id` the existing run is used (the one `mlflow run` or a sweep created);
     otherwise a new run is created in `experiment`. The run ends FINISHED, or FAILED with the
@@ -192,8 +192,9 @@ def training_run(
     Ctrl-C.
 
     The description (two requests, ~0.1 s) is written by a thread while the body starts
-    training: nothing in training reads it, and the first checkpoint, which a sweep finds by
-    the run's `trial_key` tag, comes an epoch later.
+    training; the body waits for the future before it reports the first epoch, so that the
+    run's `trial_key` tag, by which a sweep finds a killed trial, is on the server before its
+    first checkpoint.
     """
     if run_id is None:
         # Tags the experiment for the UI as it selects it; `mlflow run` selected it untagged.
@@ -216,7 +217,7 @@ def training_run(
         # in experiments tagged when their first run started.
         if run_id is not None and run_id == run_id_from_mlflow_run():
             mark_experiment_kind(MlflowClient().get_experiment(run.info.experiment_id))
-        yield run
+        yield run, described
         described.result()
 
 
@@ -275,11 +276,14 @@ class MlflowCallback(Callback):
         config: TrainConfig,
         input_example: torch.Tensor,
         logged_epochs: set[int] | None = None,
+        described: Future | None = None,
     ) -> None:
         self.run = run
         self.run_id = run.info.run_id
         self.config = config
         self.input_example = input_example
+        # The run's description being written (`training_run`): it must land first.
+        self.described = described
         # Epochs the server holds already (a resumed run): never logged twice.
         self.logged_epochs = set(logged_epochs or ())
         self._uploader = ThreadPoolExecutor(1, "model-artifacts")
@@ -292,6 +296,9 @@ class MlflowCallback(Callback):
         self._uploader.shutdown()
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
+        if self.described is not None:
+            self.described.result()  # done long ago, or its error ends the run now
+            self.described = None
         if metrics.epoch not in self.logged_epochs:
             self._log_metrics(metrics.metrics(), step=metrics.epoch)
             self.logged_epochs.add(metrics.epoch)
@@ -300,7 +307,11 @@ class MlflowCallback(Callback):
         self._artifacts_logged = self._uploader.submit(self._log_artifacts, model)
 
     def on_train_end(self, model: nn.Module, metrics: FinalMetrics) -> None:
-        model_id = self._artifacts_logged.result()  # started in on_test_start
+        try:
+            model_id = self._artifacts_logged.result()  # started in on_test_start
+        except Exception:
+            self._log_metrics(asdict(metrics), step=0)  # the failed run keeps its results
+            raise
         # Also the logged model's metrics: the UI shows them with the model.
         self._log_metrics(asdict(metrics), step=0, model_id=model_id)
 
@@ -333,10 +344,11 @@ def log_model(
 ) -> str:
     """Log a CPU fp32 copy of `model` as an output of `run`; returns the logged model's id.
 
-    `mlflow.pytorch.load_model` loads it anywhere: the pickle format keeps the batch dimension
-    free (pt2 would freeze it to the example's), and the model classes are pickled by value,
-    so they load without this project installed (shipping the package as code instead would
-    upload each of its files separately).
+    `mlflow.pytorch.load_model` loads it without this project installed, under the Python
+    minor version in its python_env.yaml: the model classes are pickled by value (shipping
+    the package as code instead would upload each of its files separately), so the classes of
+    a loaded model are copies, not those of `cifar_mlflow.models`. The pickle format keeps the
+    batch dimension free (pt2 would freeze it to the example's).
 
     Called from a thread without an active run, `mlflow.pytorch.log_model` only fills the
     model created here; linking it to `run` is then one request, where MLflow would fetch the
@@ -357,7 +369,10 @@ def log_model(
             model_id=logged.model_id,
             serialization_format="pickle",
             input_example=example,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"cloudpickle=={cloudpickle.__version__}",
+            ],
         )
     MlflowClient().log_outputs(run.info.run_id, [LoggedModelOutput(logged.model_id, step=0)])
     return logged.model_id
@@ -366,6 +381,9 @@ def log_model(
 @contextlib.contextmanager
 def classes_pickled_by_value(package: ModuleType) -> Iterator[None]:
     """Inside the block, cloudpickle (MLflow's pickler) stores `package`'s classes' code."""
+    if package.__name__ in cloudpickle.list_registry_pickle_by_value():
+        yield  # registered by someone else, who keeps it
+        return
     cloudpickle.register_pickle_by_value(package)
     try:
         yield
@@ -397,13 +415,11 @@ def train_tracked(
         env=env,
         run_id=run_id,
         experiment=experiment,
-    ) as run:
+    ) as (run, described):
         run_id = run.info.run_id
         checkpoint = checkpoint_path(config.checkpoint_dir, run_id)
-        with (
-            MlflowCallback(run, config, data.valid.images[:2], logged_epochs(run)) as tracker,
-            CheckpointCallback(checkpoint) as checkpointer,
-        ):
+        tracker = MlflowCallback(run, config, data.valid.images[:2], logged_epochs(run), described)
+        with tracker, CheckpointCallback(checkpoint) as checkpointer:
             for epoch in resume.history if resume else ():
                 tracker.on_epoch_end(EpochMetrics(**epoch))
             _, final = fit(config, data, env, [*callbacks, tracker, checkpointer], resume)

@@ -283,12 +283,19 @@ def test_a_request_failing_in_a_background_thread_fails_the_run(
         raise MlflowException("refused by the test server")
 
     monkeypatch.setattr(tracking, failing, refused)
-    args = ["--dataset", "synthetic", "--data-dir", str(small_synthetic_dir), "--epochs", "1"]
+    args = ["--dataset", "synthetic", "--data-dir", str(small_synthetic_dir), "--epochs", "2"]
     with pytest.raises(MlflowException, match="refused by the test server"):
         cli.main(["train", *args, "--checkpoint-dir", str(tmp_path / "ck")])
     (run,) = all_runs(store)
     assert run.info.status == "FAILED"
     assert "refused by the test server" in run.data.tags[schema.TAG_FAILURE_REASON]
+    logged_steps = [m.step for m in store.get_metric_history(run.info.run_id, "train_loss")]
+    if failing == "log_dataset":
+        # Found out before the first epoch is reported, not after the whole training.
+        assert logged_steps == []
+    else:
+        assert logged_steps == [1, 2]
+        assert "test_acc" in run.data.metrics  # the results stay with the failed run
 
 
 def test_same_seed_gives_identical_train_loss_through_the_cli(
