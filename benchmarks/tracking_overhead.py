@@ -86,6 +86,7 @@ import psutil
 from plain_server import plain_server
 
 from cifar_mlflow import data, engine, tracking
+from cifar_mlflow.checkpoint import checkpoint_path
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.engine import Callback, EpochMetrics
 
@@ -197,7 +198,8 @@ def untracked(config: TrainConfig, arrays: data.CifarArrays, server: psutil.Proc
     env = engine.environment_for(config)
     device_data = data.to_device(arrays, config, env.device, env.memory_format)
     # Checkpointed as `train_tracked` does, so that the difference is what MLflow costs.
-    with engine.CheckpointCallback(Path(config.checkpoint_dir) / "untracked.pt") as checkpointer:
+    checkpoint = checkpoint_path(config.checkpoint_dir, "untracked")
+    with engine.CheckpointCallback(checkpoint) as checkpointer:
         engine.fit(config, device_data, env, [clock, checkpointer])
     return measurement(clock, start, time.perf_counter() - start)
 

@@ -279,7 +279,6 @@ class MlflowCallback(Callback):
         described: Future | None = None,
     ) -> None:
         self.run = run
-        self.run_id = run.info.run_id
         self.config = config
         self.input_example = input_example
         # The run's description being written (`training_run`): it must land first.
@@ -307,13 +306,13 @@ class MlflowCallback(Callback):
         self._artifacts_logged = self._uploader.submit(self._log_artifacts, model)
 
     def on_train_end(self, model: nn.Module, metrics: FinalMetrics) -> None:
+        model_id = None
         try:
             model_id = self._artifacts_logged.result()  # started in on_test_start
-        except Exception:
-            self._log_metrics(asdict(metrics), step=0)  # the failed run keeps its results
-            raise
-        # Also the logged model's metrics: the UI shows them with the model.
-        self._log_metrics(asdict(metrics), step=0, model_id=model_id)
+        finally:
+            # Also the logged model's metrics (the UI shows them with it); a run whose upload
+            # failed keeps its results all the same.
+            self._log_metrics(asdict(metrics), step=0, model_id=model_id)
 
     def _log_artifacts(self, model: nn.Module) -> str:
         """Uploads the final model's artifacts; returns the logged model's id."""
@@ -324,7 +323,7 @@ class MlflowCallback(Callback):
             figure_path = Path(folder) / schema.WEIGHTS_FIGURE_ARTIFACT
             figure_path.parent.mkdir(parents=True, exist_ok=True)
             weights_figure(model).savefig(figure_path)
-            MlflowClient().log_artifacts(self.run_id, folder)
+            MlflowClient().log_artifacts(self.run.info.run_id, folder)
         return log_model(self.run, model, self.input_example, self.config.to_params())
 
     def _log_metrics(
@@ -336,7 +335,7 @@ class MlflowCallback(Callback):
         metrics = [
             Metric(key, float(value), now, step, model_id=model_id) for key, value in values.items()
         ]
-        MlflowClient().log_batch(self.run_id, metrics=metrics, synchronous=False)
+        MlflowClient().log_batch(self.run.info.run_id, metrics=metrics, synchronous=False)
 
 
 def log_model(
