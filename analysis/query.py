@@ -11,7 +11,6 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -21,7 +20,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from cifar_mlflow import schema
 from cifar_mlflow.errors import UserError
-from cifar_mlflow.server import check_reachable
+from cifar_mlflow.reachability import check_reachable, is_server_uri, redact_uri
 
 # Per-run, per-metric history requests are independent REST round trips: overlapping them hides
 # the latency of a remote server (sequentially, 60 requests x 50 ms is already 3 s). Kept under
@@ -230,16 +229,9 @@ class Tracking:
             self.client.log_artifact(run_id, str(path), artifact_path)
 
 
-def is_server_uri(tracking_uri: str) -> bool:
-    return urlsplit(tracking_uri).scheme in {"http", "https"}
-
-
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     """The run's page in the MLflow UI when the tracking URI is a server, else None."""
     if not is_server_uri(tracking_uri):
         return None
-    parts = urlsplit(tracking_uri)
     # Credentials may sit in the URI's user-info part; they must not end up in a report.
-    host = parts.netloc.rsplit("@", 1)[-1]
-    base = urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{redact_uri(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

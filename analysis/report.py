@@ -21,8 +21,9 @@ from analysis import frames, tables
 from analysis.cli import command, experiment_option
 from analysis.figures import StudyFigures, study_figures
 from analysis.plots import png_bytes
-from analysis.query import AnalysisError, Tracking, is_server_uri, run_url
+from analysis.query import AnalysisError, Tracking, run_url
 from analysis.tables import Column
+from cifar_mlflow.reachability import is_server_uri, redact_uri
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ def render_report(results: list[StudyResult], tracking_uri: str, generated: date
         )
     intro = [
         "<h1>CIFAR-10 model study: report</h1>",
-        f'<p class="note">Rebuilt from <code>{html.escape(_display_uri(tracking_uri))}</code> '
+        f'<p class="note">Rebuilt from <code>{html.escape(redact_uri(tracking_uri))}</code> '
         f"on {generated:%Y-%m-%d %H:%M %Z}. {where}</p>",
     ]
     if missing:
@@ -219,13 +220,6 @@ def render_report(results: list[StudyResult], tracking_uri: str, generated: date
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )
-
-
-def _display_uri(tracking_uri: str) -> str:
-    """The tracking URI without the credentials a server or database URI may carry."""
-    scheme, sep, rest = tracking_uri.partition("://")
-    host, slash, path = rest.partition("/")
-    return f"{scheme}{sep}{host.rsplit('@', 1)[-1]}{slash}{path}"
 
 
 @command

@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from cifar_mlflow import data, engine
+from cifar_mlflow import data, engine, environment
 from cifar_mlflow.config import TrainConfig
 
 
@@ -47,7 +47,7 @@ with tempfile.TemporaryDirectory() as tmp:
     runs = [(model, False) for model in ("mlp", "resnet18", "mlpmixer")] + [("mlp", True)]
     for model, compile in runs:
         config = TrainConfig(model=model, dataset="synthetic", epochs=2, device="cuda")
-        env = engine.environment_for(config, compile=compile)
+        env = environment.environment_for(config, compile=compile)
         device_data = data.to_device(arrays, config, env.device, env.memory_format)
         results = []
         for _ in range(1 if compile else 2):

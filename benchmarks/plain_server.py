@@ -18,7 +18,8 @@ from pathlib import Path
 import click
 import psutil
 
-from cifar_mlflow.server import free_port, healthy
+from cifar_mlflow.reachability import healthy
+from cifar_mlflow.server.postgres import free_port
 
 START_TIMEOUT_S = 180
 

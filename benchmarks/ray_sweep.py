@@ -51,7 +51,8 @@ from mlflow import MlflowClient
 
 from cifar_mlflow.server import free_port, start, stop
 from cifar_mlflow.studies import Study, load_study
-from cifar_mlflow.sweep import data_sets, run_sweep
+from cifar_mlflow.sweeps.local import data_sets
+from cifar_mlflow.sweeps.sweep import run_sweep
 
 STUDY_FILE = Path(__file__).resolve().with_name("ray_sweep_study.yaml")
 DEFAULT_OPTIONS = ("epochs=12",)

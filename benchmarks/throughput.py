@@ -6,7 +6,7 @@ AdamW:
 
 - project:   `engine.train_one_epoch` and `engine.evaluate` as `fit` runs them: the data set
              normalised on the device, batched augmentation there, the environment that
-             `engine.environment_for` picks (channels-last convolutions, fused optimiser, bf16
+             `environment.environment_for` picks (channels-last convolutions, fused optimiser, bf16
              autocast where the device has native bf16 (`precision=auto`), TF32 on CUDA), no
              host synchronisation inside a pass;
 - reference: the source assignment's loop: a torchvision `CIFAR10`-style Dataset over uint8
@@ -81,7 +81,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-from cifar_mlflow import data, engine
+from cifar_mlflow import data, engine, environment
 from cifar_mlflow.config import PRECISIONS, TrainConfig
 from cifar_mlflow.models import build_model
 
@@ -214,7 +214,7 @@ def pytorch_default_flags() -> Iterator[None]:
 
 
 def project_loop(
-    config: TrainConfig, env: engine.Environment, splits: data.DeviceData
+    config: TrainConfig, env: environment.Environment, splits: data.DeviceData
 ) -> tuple[Loop, Callable[[], None]]:
     """The engine's passes as `fit` runs them, and a pass over its training data alone."""
     torch.manual_seed(config.seed)
@@ -326,7 +326,7 @@ def bench_model(
         device=device,
         precision=precision,
     )
-    env = engine.environment_for(config, compile=compile)
+    env = environment.environment_for(config, compile=compile)
     splits = data.to_device(arrays, config, env.device, env.memory_format)
     project, data_only = project_loop(config, env, splits)
     # The same train images as the project's split: the seeded split, then the first N.
@@ -436,14 +436,14 @@ def main(
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
         raise click.BadParameter(f"unknown model {unknown[0]!r}", param_hint="--models")
-    torch_device = engine.resolve_device(device)
+    torch_device = environment.resolve_device(device)
     sizes = QUICK_IMAGES if quick else CPU_IMAGES if torch_device.type == "cpu" else GPU_IMAGES
     peak_flops = bf16_peak_flops(torch_device)
     setting = [
         f"device {torch_device} ({describe(torch_device)})",
         f"torch {torch.__version__}",
         f"batch {BATCH_SIZE}, adamw",
-        f"project {'bf16' if engine.uses_bf16(precision, torch_device) else 'fp32'}"
+        f"project {'bf16' if environment.uses_bf16(precision, torch_device) else 'fp32'}"
         f"{', compiled' if compile else ''}",
         f"{len(os.sched_getaffinity(0))} reference workers",
         f"median of {repeats} repeats",

@@ -85,10 +85,13 @@ import mlflow
 import psutil
 from plain_server import plain_server
 
-from cifar_mlflow import data, engine, tracking
-from cifar_mlflow.checkpoint import checkpoint_path
+from cifar_mlflow import data, engine, environment
+from cifar_mlflow.checkpoint import CheckpointWriter, checkpoint_path
 from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.engine import Callback, EpochMetrics
+from cifar_mlflow.engine import Callback
+from cifar_mlflow.schema import EpochMetrics
+from cifar_mlflow.tracking import callback, runs
+from cifar_mlflow.training import train_tracked
 
 TRAIN_IMAGES = 50_000  # 45,000 train + 5,000 valid
 TEST_IMAGES = 10_000
@@ -195,12 +198,11 @@ def measurement(clock: Clock, start: float, wall: float, **tracked: object) -> M
 def untracked(config: TrainConfig, arrays: data.CifarArrays, server: psutil.Process) -> Measurement:
     clock = Clock(server)
     start = time.perf_counter()
-    env = engine.environment_for(config)
+    env = environment.environment_for(config)
     device_data = data.to_device(arrays, config, env.device, env.memory_format)
     # Checkpointed as `train_tracked` does, so that the difference is what MLflow costs.
     checkpoint = checkpoint_path(config.checkpoint_dir, "untracked")
-    with engine.CheckpointCallback(checkpoint) as checkpointer:
-        engine.fit(config, device_data, env, [clock, checkpointer])
+    engine.fit(config, device_data, env, [clock], checkpoint=checkpoint)
     return measurement(clock, start, time.perf_counter() - start)
 
 
@@ -212,15 +214,15 @@ def tracked(config: TrainConfig, arrays: data.CifarArrays, server: psutil.Proces
     uploads: list[float] = []
     # MLflow prints a "View run" link for every run it ends on a server.
     with (
-        timing_method(tracking.MlflowCallback, "on_epoch_end", blocked),
-        timing_method(engine.CheckpointCallback, "on_checkpoint", checkpoints),
-        timing_method(tracking.MlflowCallback, "on_test_start", end_of_run),
-        timing_method(tracking.MlflowCallback, "on_train_end", end_of_run),
-        timing_method(tracking.MlflowCallback, "_log_artifacts", uploads),
+        timing_method(callback.MlflowCallback, "on_epoch_end", blocked),
+        timing_method(CheckpointWriter, "hold", checkpoints),
+        timing_method(callback.MlflowCallback, "on_test_start", end_of_run),
+        timing_method(callback.MlflowCallback, "on_train_end", end_of_run),
+        timing_method(callback.MlflowCallback, "_log_artifacts", uploads),
         redirect_stdout(io.StringIO()),
     ):
         start = time.perf_counter()
-        tracking.train_tracked(config, arrays, experiment=EXPERIMENT, callbacks=[clock])
+        train_tracked(config, arrays, experiment=EXPERIMENT, callbacks=[clock])
         wall = time.perf_counter() - start
     return measurement(
         clock,
@@ -304,7 +306,7 @@ def report(plain: list[Measurement], logged: list[Measurement]) -> list[str]:
     "--system-metrics-interval",
     type=float,
     help="Seconds between system-metrics samples [default: the project's, "
-    f"{tracking.SYSTEM_METRICS_INTERVAL_S:g}].",
+    f"{runs.SYSTEM_METRICS_INTERVAL_S:g}].",
 )
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 def main(epochs: int, repeats: int, system_metrics_interval: float | None, device: str) -> None:
@@ -340,11 +342,11 @@ def main(epochs: int, repeats: int, system_metrics_interval: float | None, devic
                     f"tracked {logged[-1].wall_s:.2f} s"
                 )
     interval = os.environ.get(
-        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", tracking.SYSTEM_METRICS_INTERVAL_S
+        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", runs.SYSTEM_METRICS_INTERVAL_S
     )
     click.echo(
         f"MLP, {epochs} epochs, {len(arrays.train_labels) * 9 // 10:,} train images, "
-        f"device {engine.resolve_device(device)}, server {uri} (SQLite), system metrics every "
+        f"device {environment.resolve_device(device)}, server {uri} (SQLite), system metrics every "
         f"{interval} s, median of {repeats} runs of each, load average {os.getloadavg()[0]:.1f}"
     )
     for line in report(plain, logged):

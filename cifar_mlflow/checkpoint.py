@@ -1,14 +1,16 @@
 """Per-epoch checkpoints, so that a killed run continues from its last complete epoch.
 
-A checkpoint holds everything the next epoch depends on — weights, optimiser state, both
-random streams, the epoch history — so a resumed run ends with the same weights as one that
-was never interrupted. It is written to a temporary file and renamed over the previous one:
-a crash mid-write leaves the last complete checkpoint in place.
+A checkpoint holds everything the next epoch depends on — weights, optimiser state, the batch
+stream and the global random streams of the CPU and of every CUDA device, the epoch history —
+so a resumed run ends with the same weights as one that was never interrupted. It is written to
+a temporary file and renamed over the previous one: a crash mid-write leaves the last complete
+checkpoint in place.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +27,31 @@ class TrainingState:
     epoch: int
     model: dict[str, Any]
     optimizer: dict[str, Any]
-    generator: torch.Tensor  # batch order and augmentation stream
-    torch_rng: torch.Tensor  # initialisation and dropout stream
+    generator: torch.Tensor  # batch order and augmentation stream, of `device_type`
+    torch_rng: torch.Tensor  # CPU initialisation and dropout stream
     history: list[dict[str, float]] = field(default_factory=list)  # EpochMetrics as dicts
     epoch_times: list[float] = field(default_factory=list)
+    # Dropout on a GPU draws from each CUDA device's own stream; empty when CUDA was unused.
+    cuda_rng: list[torch.Tensor] = field(default_factory=list)
+    device_type: str = "cpu"  # where `generator` lives: its state differs by device type
 
 
 def checkpoint_path(checkpoint_dir: str | Path, run_id: str) -> Path:
     return Path(checkpoint_dir).expanduser() / run_id / CHECKPOINT_FILE
+
+
+def global_random_state() -> dict[str, Any]:
+    """The global streams a `TrainingState` carries: the CPU's and every initialised GPU's."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    return {"torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
+
+
+def restore_global_random_state(state: TrainingState) -> None:
+    torch.set_rng_state(state.torch_rng)
+    # A checkpoint from a machine with other GPUs (or none) restores the devices both have.
+    if state.cuda_rng and torch.cuda.is_available():
+        for index, rng in enumerate(state.cuda_rng[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(rng, index)
 
 
 def save_checkpoint(path: Path, state: TrainingState) -> None:
@@ -48,3 +67,59 @@ def load_checkpoint(path: Path) -> TrainingState | None:
     if not path.exists():
         return None
     return TrainingState(**torch.load(path, map_location="cpu", weights_only=False))
+
+
+class CheckpointWriter:
+    """Writes each epoch's state to `path` in a background thread, one write at a time.
+
+    The write takes 50-100 ms for the MLP on a CPU and longer for ResNet18's 11 M parameters,
+    paid every epoch; the loop pays only for `hold`'s copy of the state. The engine holds the
+    state before it reports the epoch and starts the write after every report (`engine.fit`),
+    so pickling does not hold the GIL while the reports are made. Until a write lands, the
+    previous checkpoint stands: a run killed then repeats one epoch when resumed, with the same
+    result, and logs none of its metrics twice. Leaving the context writes the last state held
+    and waits for it, whether training ended or raised.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._unwritten: TrainingState | None = None
+        self._pending: Future | None = None
+
+    def hold(self, state: TrainingState) -> None:
+        """Copy `state`: training goes on changing the weights and optimiser state in place."""
+        self.wait()
+        self._unwritten = TrainingState(**_copy_to_cpu(vars(state)))
+
+    def start_write(self) -> None:
+        if self._unwritten is not None:
+            state, self._unwritten = self._unwritten, None
+            self._pending = self._writer.submit(save_checkpoint, self.path, state)
+
+    def wait(self) -> None:
+        """Block until the last checkpoint is on disk; raises if writing it failed."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.start_write()
+        try:
+            self.wait()
+        finally:
+            self._writer.shutdown()
+
+
+def _copy_to_cpu(value: Any) -> Any:
+    """`value` with every tensor copied to the CPU and every container copied."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _copy_to_cpu(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_copy_to_cpu(item) for item in value)
+    return value

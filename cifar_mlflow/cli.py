@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
@@ -13,10 +12,9 @@ import click
 
 from cifar_mlflow import schema
 from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.errors import TrainingError, UserError
-from cifar_mlflow.server import server
-
-CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+from cifar_mlflow.console import Group
+from cifar_mlflow.errors import UserError
+from cifar_mlflow.server.cli import server
 
 
 def training_options(command: Callable) -> Callable:
@@ -55,10 +53,10 @@ def experiment_option(command: Callable) -> Callable:
     )(command)
 
 
-def report_user_errors(command: Callable) -> Callable:
-    """Turn a `UserError` into one line on stderr and exit status 2.
+def fails_launcher_run(command: Callable) -> Callable:
+    """Under `mlflow run` the run exists before a user error: it ends FAILED with the reason.
 
-    Under `mlflow run` the run already exists; it is ended FAILED with the reason on it.
+    The error itself goes on to `console`, which prints it in one line (exit status 2).
     """
 
     @functools.wraps(command)
@@ -66,17 +64,22 @@ def report_user_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            from cifar_mlflow import tracking
+            from cifar_mlflow.tracking.client import run_id_from_mlflow_run
+            from cifar_mlflow.tracking.runs import record_failure
 
-            run_id = tracking.run_id_from_mlflow_run()
+            run_id = run_id_from_mlflow_run()
             if run_id:
-                tracking.record_failure(run_id, str(error))
-            raise click.UsageError(str(error)) from None
+                record_failure(run_id, str(error))
+            raise
 
     return wrapper
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+class TrainingGroup(Group):
+    interrupted_message = "Aborted: the run is marked KILLED; continue it with --resume RUN_ID."
+
+
+@click.group(cls=TrainingGroup)
 def cli() -> None:
     """Train and compare CIFAR-10 models, tracked in MLflow."""
 
@@ -93,37 +96,43 @@ def cli() -> None:
     default=None,
     help="Continue this run from its last checkpointed epoch (with its own options).",
 )
-@report_user_errors
+@fails_launcher_run
 def train(experiment: str, study: str, resume: str | None, **options: Any) -> None:
     """Train one model and track it as an MLflow run."""
-    from cifar_mlflow import tracking
     from cifar_mlflow.data import load_arrays
+    from cifar_mlflow.environment import check_machine
     from cifar_mlflow.progress import ProgressCallback
+    from cifar_mlflow.tracking.client import check_tracking_server, run_id_from_mlflow_run, run_link
+    from cifar_mlflow.tracking.lookups import resumable_run
+    from cifar_mlflow.tracking.runs import point_launcher_to
+    from cifar_mlflow.training import train_tracked
 
     overrides = overrides_from(options)
     if resume:
         # `mlflow run` passes every declared option; only a changed one is a mistake.
         if TrainConfig.from_overrides(overrides) != TrainConfig():
             raise UserError("--resume continues a run with its own options; give no other option")
-        tracking.check_tracking_server()
-        run, config, state = tracking.resumable_run(resume)
+        check_tracking_server()
+        run, config, state = resumable_run(resume)
+        check_machine(config)
         study = run.data.tags.get(schema.TAG_STUDY, study)
-        tracking.point_launcher_to(resume)
+        point_launcher_to(resume)
     else:
         config, state = TrainConfig.from_overrides(overrides), None
+        check_machine(config)
         warn_ignored(config)
-        tracking.check_tracking_server()
+        check_tracking_server()
     arrays = load_arrays(config)
-    run, _ = tracking.train_tracked(
+    run, _ = train_tracked(
         config,
         arrays,
         study=study,
-        run_id=resume or tracking.run_id_from_mlflow_run(),  # `mlflow run -P resume=ID` too
+        run_id=resume or run_id_from_mlflow_run(),  # `mlflow run -P resume=ID` too
         experiment=experiment,
         callbacks=[ProgressCallback(config.run_name())],
         resume=state,
     )
-    click.echo(f"Finished {run.info.run_name}: {tracking.run_link(run)}")
+    click.echo(f"Finished {run.info.run_name}: {run_link(run.info.experiment_id, run.info.run_id)}")
 
 
 @cli.command()
@@ -169,7 +178,7 @@ def train(experiment: str, study: str, resume: str | None, **options: Any) -> No
 )
 @training_options
 @experiment_option
-@report_user_errors
+@fails_launcher_run
 def sweep(
     study: str,
     seeds: str | None,
@@ -181,12 +190,14 @@ def sweep(
     **options: Any,
 ) -> None:
     """Run a study: a parent run with one nested run per trial; finished trials are reused."""
-    from cifar_mlflow import tracking
     from cifar_mlflow.studies import load_study
-    from cifar_mlflow.sweep import RayOptions, SweepFailed, run_sweep
+    from cifar_mlflow.sweeps.ray_options import RayOptions
+    from cifar_mlflow.sweeps.sweep import SweepFailed, run_sweep
+    from cifar_mlflow.sweeps.trials import TrialStatus
+    from cifar_mlflow.tracking.client import check_tracking_server
 
     loaded = load_study(study)
-    tracking.check_tracking_server()
+    check_tracking_server()
     try:
         result = run_sweep(
             loaded,
@@ -202,8 +213,8 @@ def sweep(
         click.echo(f"Sweep {loaded.name}: {failure}. {failure.result.link}", err=True)
         sys.exit(1)
     counts = ", ".join(
-        f"{sum(o.status == status for o in result.outcomes)} {status}"
-        for status in ("finished", "reused")
+        f"{sum(o.status is status for o in result.outcomes)} {status.value}"
+        for status in (TrialStatus.FINISHED, TrialStatus.REUSED)
     )
     click.echo(f"Sweep {loaded.name}: {counts}. {result.link}")
 
@@ -223,7 +234,6 @@ def parse_seeds(seeds: str | None) -> int | None:
 @cli.command()
 @click.option("--dataset", default=None, metavar="VALUE", help="cifar10 or synthetic.")
 @click.option("--data-dir", "--data_dir", "data_dir", default=None, metavar="VALUE")
-@report_user_errors
 def data(**options: Any) -> None:
     """Fetch (cifar10) or generate (synthetic) the data set once, and describe it."""
     from cifar_mlflow.data import load_arrays
@@ -238,10 +248,6 @@ def data(**options: Any) -> None:
 cli.add_command(server)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def warn_ignored(config: TrainConfig) -> None:
     for name in config.ignored_overrides():
         click.echo(
@@ -252,21 +258,5 @@ def warn_ignored(config: TrainConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: click's usage errors become one line and exit status 2.
-
-    SIGTERM is handled like Ctrl-C: the current step is abandoned, the run ends KILLED and its
-    last checkpoint stays for `--resume`.
-    """
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        status = cli.main(args=argv, prog_name="python -m cifar_mlflow", standalone_mode=False)
-    except click.UsageError as error:
-        click.echo(f"Error: {error.format_message()}", err=True)
-        sys.exit(2)
-    except TrainingError as error:
-        click.echo(f"Error: {error} (the run is marked FAILED)", err=True)
-        sys.exit(1)
-    except click.Abort:
-        click.echo("Aborted: the run is marked KILLED; continue it with --resume RUN_ID.", err=True)
-        sys.exit(130)
-    sys.exit(status if isinstance(status, int) else 0)
+    """Entry point: user errors are one line with exit status 2 (`console`)."""
+    cli.main(args=argv, prog_name="python -m cifar_mlflow")

@@ -130,6 +130,12 @@ class TrainConfig:
         parsed = {name: _parse(name, value, types[name]) for name, value in overrides.items()}
         return dataclasses.replace(base or cls(), **parsed)
 
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> TrainConfig:
+        """The configuration a run logged; params that are not fields (a sweep's) are skipped."""
+        names = {f.name for f in fields(cls)}
+        return cls.from_overrides({k: v for k, v in params.items() if k in names})
+
     def to_params(self) -> dict[str, str]:
         """Flat string params, as logged to MLflow."""
         return {f.name: _format(getattr(self, f.name)) for f in fields(self)}

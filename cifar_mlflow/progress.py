@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import click
 from torch import nn
 from tqdm import tqdm
 
-from cifar_mlflow.engine import Callback, EpochMetrics, FinalMetrics
+from cifar_mlflow.engine import Callback
+from cifar_mlflow.schema import EpochMetrics, FinalMetrics
 
 
 class ProgressCallback(Callback):
@@ -17,10 +19,19 @@ class ProgressCallback(Callback):
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
         self.bar: tqdm | None = None
 
-    def on_train_start(self, model: nn.Module, num_epochs: int, batches_per_epoch: int) -> None:
+    def on_train_start(
+        self,
+        model: nn.Module,
+        num_epochs: int,
+        batches_per_epoch: int,
+        completed: Sequence[EpochMetrics],
+    ) -> None:
         self.num_epochs = num_epochs
         self.batches_per_epoch = batches_per_epoch
-        self._open_bar(epoch=1)
+        if completed:
+            click.echo(f"{self.label}: resumed after epoch {len(completed)}", err=True)
+        if len(completed) < num_epochs:
+            self._open_bar(epoch=len(completed) + 1)
 
     def _open_bar(self, epoch: int) -> None:
         if self.interactive:

@@ -1,8 +1,14 @@
 """Names of the tracking schema (SPEC §5): the contract between training, sweeps and analysis.
 
 Every tag, metric and artifact name that more than one module reads or writes lives here, so
-that the training side and the analysis side cannot drift apart.
+that the training side and the analysis side cannot drift apart. The metric records are
+defined once, as dataclasses; every list of metric names is derived from them. No torch here:
+the analysis imports this module too.
 """
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
 
 DEFAULT_EXPERIMENT = "cifar10"
 # MLflow 3's UI opens an experiment without this tag in its GenAI view, hiding training runs.
@@ -31,22 +37,47 @@ TAG_BEST_RUN_ID = "best_run_id"
 METRIC_TRIALS_FINISHED = "trials_finished"
 METRIC_TRIALS_FAILED = "trials_failed"
 METRIC_TRIALS_REUSED = "trials_reused"
-METRIC_BEST_VALID_ACC = "best_valid_acc"
+METRIC_BEST_VALID_ACC = "best_valid_acc"  # the best trial's, on the parent run
 STUDY_ARTIFACT = "study.yaml"
 
-# Per-epoch metrics, logged with step = epoch (1-based).
-EPOCH_METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "epoch_time_s", "lr")
-# Metrics logged once at the end of a run.
-FINAL_METRICS = (
-    "test_loss",
-    "test_acc",
-    "best_valid_acc",
-    "num_params",
-    "train_epoch_time_s",
-    "inference_time_s",
-    "train_images_per_s",
-    "inference_images_per_s",
-)
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """One epoch's report; every field but `epoch` is a metric logged with step = epoch."""
+
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float  # fraction in [0, 1]
+    valid_loss: float
+    valid_acc: float
+    epoch_time_s: float  # the training pass alone, device-synchronised
+    lr: float
+
+    def metrics(self) -> dict[str, float]:
+        values = asdict(self)
+        del values["epoch"]
+        return values
+
+
+@dataclass(frozen=True)
+class FinalMetrics:
+    """Logged once, at the end of a run (step 0)."""
+
+    test_loss: float
+    test_acc: float
+    best_valid_acc: float  # the best epoch's valid_acc, what sweeps rank trials by
+    num_params: int
+    train_epoch_time_s: float  # median training pass over the epochs after the first
+    inference_time_s: float  # eval forward pass over the valid split, median after a warm-up
+    train_images_per_s: float
+    inference_images_per_s: float
+
+    def metrics(self) -> dict[str, float]:
+        return asdict(self)
+
+
+EPOCH_METRICS = tuple(f.name for f in fields(EpochMetrics) if f.name != "epoch")
+FINAL_METRICS = tuple(f.name for f in fields(FinalMetrics))
 
 # Artifacts of every training run.
 WEIGHTS_FIGURE_ARTIFACT = "figures/weights.png"

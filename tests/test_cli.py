@@ -18,8 +18,9 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-from cifar_mlflow import cli, data, engine, schema, tracking
+from cifar_mlflow import cli, data, engine, environment, schema
 from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.tracking import callback, runs
 from tests.test_data import write_cifar_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -282,7 +283,7 @@ def test_a_request_failing_in_a_background_thread_fails_the_run(
     def refused(*args, **kwargs) -> None:
         raise MlflowException("refused by the test server")
 
-    monkeypatch.setattr(tracking, failing, refused)
+    monkeypatch.setattr(runs if failing == "log_dataset" else callback, failing, refused)
     args = ["--dataset", "synthetic", "--data-dir", str(small_synthetic_dir), "--epochs", "2"]
     with pytest.raises(MlflowException, match="refused by the test server"):
         cli.main(["train", *args, "--checkpoint-dir", str(tmp_path / "ck")])
@@ -323,11 +324,11 @@ def test_same_seed_gives_identical_train_loss_through_the_cli(
     # The seed matters (else the equality above proves little): another seed, another curve.
     config = TrainConfig.from_overrides({**options, "seed": "7", "epochs": "1"})
     arrays = data.load_arrays(config)
-    env = engine.environment_for(config)
+    env = environment.environment_for(config)
     losses: list[float] = []
 
     class Losses(engine.Callback):
-        def on_epoch_end(self, metrics: engine.EpochMetrics) -> None:
+        def on_epoch_end(self, metrics: schema.EpochMetrics) -> None:
             losses.append(metrics.train_loss)
 
     engine.fit(config, data.to_device(arrays, config, env.device), env, [Losses()])

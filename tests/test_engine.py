@@ -11,11 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from cifar_mlflow import data, engine
+from cifar_mlflow import checkpoint, data, engine, environment
 from cifar_mlflow.checkpoint import TrainingState, load_checkpoint
 from cifar_mlflow.config import OPTIMIZERS, TrainConfig
 from cifar_mlflow.data import CifarArrays, DeviceData, Split
-from cifar_mlflow.engine import Callback, EpochMetrics, FinalMetrics
+from cifar_mlflow.engine import Callback
+from cifar_mlflow.schema import EpochMetrics, FinalMetrics
 
 CPU = torch.device("cpu")
 
@@ -59,7 +60,9 @@ class Recorder(Callback):
         self.final: FinalMetrics | None = None
         self.batches = 0
 
-    def on_train_start(self, model: nn.Module, num_epochs: int, batches_per_epoch: int) -> None:
+    def on_train_start(
+        self, model: nn.Module, num_epochs: int, batches_per_epoch: int, completed: list
+    ) -> None:
         self.events.append(("start", num_epochs, batches_per_epoch))
 
     def on_batch_end(self) -> None:
@@ -122,7 +125,7 @@ def test_optimizer_options_are_passed_through() -> None:
 def test_fit_reports_every_epoch_then_final_metrics() -> None:
     config = small_config(epochs=3, batch_size=40)
     recorder = Recorder()
-    model, final = engine.fit(config, tiny_data(), engine.environment_for(config), [recorder])
+    model, final = engine.fit(config, tiny_data(), environment.environment_for(config), [recorder])
     assert recorder.events == [
         ("start", 3, 3),  # ceil(96 / 40) batches
         ("epoch_end", 1),
@@ -170,7 +173,7 @@ def test_train_epoch_time_is_the_median_after_the_first_epoch(
     monkeypatch.setattr(engine, "inference_time", lambda *args: 2.0)
     config = small_config(epochs=4)
     recorder = Recorder()
-    _, final = engine.fit(config, tiny_data(), engine.environment_for(config), [recorder])
+    _, final = engine.fit(config, tiny_data(), environment.environment_for(config), [recorder])
     assert [m.epoch_time_s for m in recorder.epochs] == [100.0, 3.0, 5.0, 4.0]
     assert final.train_epoch_time_s == 4.0
     assert final.train_images_per_s == pytest.approx(96 / 4.0)
@@ -199,8 +202,8 @@ def test_test_split_is_evaluated_once_after_the_last_epoch(
     events: list = []
 
     class WatchInputs(Recorder):
-        def on_train_start(self, model, num_epochs, batches_per_epoch) -> None:
-            super().on_train_start(model, num_epochs, batches_per_epoch)
+        def on_train_start(self, model, num_epochs, batches_per_epoch, completed) -> None:
+            super().on_train_start(model, num_epochs, batches_per_epoch, completed)
 
             def see(_module, inputs) -> None:
                 events.append(("forward", split_of(inputs[0]), model.training))
@@ -220,7 +223,7 @@ def test_test_split_is_evaluated_once_after_the_last_epoch(
     monkeypatch.setattr(engine, "evaluate", spy_evaluate)
     monkeypatch.setattr(engine, "augment", spy_augment)
     config = small_config(epochs=3, batch_size=32)
-    engine.fit(config, device_data, engine.environment_for(config), [WatchInputs(events)])
+    engine.fit(config, device_data, environment.environment_for(config), [WatchInputs(events)])
 
     last_epoch = max(i for i, event in enumerate(events) if event[0] == "epoch_end")
     test_seen = [i for i, e in enumerate(events) if e[0] == "forward" and e[1] == "test"]
@@ -263,7 +266,7 @@ class StopWhenLearned(Recorder):
 
 def test_mlp_learns_the_synthetic_set_within_three_epochs(synthetic: CifarArrays) -> None:
     config = TrainConfig(model="mlp", dataset="synthetic", epochs=3, device="cpu")
-    env = engine.environment_for(config)
+    env = environment.environment_for(config)
     device_data = data.to_device(synthetic, config, env.device)
     assert len(device_data.train) == 4_500 and len(device_data.valid) == 500
     recorder = StopWhenLearned()
@@ -275,24 +278,24 @@ def test_mlp_learns_the_synthetic_set_within_three_epochs(synthetic: CifarArrays
 
 
 def test_the_device_auto_resolves_to_an_available_device() -> None:
-    device = engine.resolve_device("auto")
+    device = environment.resolve_device("auto")
     if not torch.cuda.is_available() and not torch.backends.mps.is_available():
         assert device == CPU
-    assert engine.resolve_device("cpu") == CPU
+    assert environment.resolve_device("cpu") == CPU
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_precision_auto_is_bf16_only_where_the_cpu_has_it_natively(
     monkeypatch: pytest.MonkeyPatch, native: bool
 ) -> None:
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
-    auto = engine.environment_for(TrainConfig(device="cpu"))
+    monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: native)
+    auto = environment.environment_for(TrainConfig(device="cpu"))
     assert auto.amp_dtype == (torch.bfloat16 if native else None)
     assert auto.precision == ("bf16" if native else "fp32")
     for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-        env = engine.environment_for(TrainConfig(device="cpu", precision=precision))
+        env = environment.environment_for(TrainConfig(device="cpu", precision=precision))
         assert env.amp_dtype == dtype
-    assert not engine.uses_bf16("auto", torch.device("mps"))
+    assert not environment.uses_bf16("auto", torch.device("mps"))
 
 
 def curves(precision: str, synthetic: CifarArrays) -> list[tuple[float, ...]]:
@@ -305,7 +308,7 @@ def curves(precision: str, synthetic: CifarArrays) -> list[tuple[float, ...]]:
         device="cpu",
         precision=precision,
     )
-    env = engine.environment_for(config)
+    env = environment.environment_for(config)
     recorder = Recorder()
     engine.fit(config, data.to_device(synthetic, config, env.device), env, [recorder])
     return [(e.train_loss, e.train_acc, e.valid_loss, e.valid_acc) for e in recorder.epochs]
@@ -328,13 +331,13 @@ def test_bf16_reaches_fp32_accuracy_and_repeats_its_curves(synthetic: CifarArray
 
 def slow_save(monkeypatch: pytest.MonkeyPatch) -> None:
     """Writes that land well after the loop has moved on."""
-    save = engine.save_checkpoint
+    save = checkpoint.save_checkpoint
 
     def save_later(path: Path, state: TrainingState) -> None:
         time.sleep(0.3)
         save(path, state)
 
-    monkeypatch.setattr(engine, "save_checkpoint", save_later)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_later)
 
 
 def test_a_checkpoint_holds_its_epoch_although_training_goes_on(
@@ -349,8 +352,8 @@ def test_a_checkpoint_holds_its_epoch_although_training_goes_on(
     moment = optimizer.state_dict()["state"][0]["exp_avg"].clone()
     history = [{"epoch": 1}]
     path = tmp_path / "run" / "last.pt"
-    with engine.CheckpointCallback(path) as checkpointer:
-        checkpointer.on_checkpoint(
+    with checkpoint.CheckpointWriter(path) as writer:
+        writer.hold(
             TrainingState(
                 1,
                 model.state_dict(),
@@ -361,7 +364,7 @@ def test_a_checkpoint_holds_its_epoch_although_training_goes_on(
                 [1.0],
             )
         )
-        checkpointer.on_epoch_end(EpochMetrics(1, 1.0, 0.5, 1.0, 0.5, 1.0, 1e-3))
+        writer.start_write()
         assert not path.exists()  # written in the background
         optimizer.step()  # the next epoch changes weights and moments in place
         history.append({"epoch": 2})
@@ -378,7 +381,7 @@ def test_leaving_on_an_error_still_writes_the_last_checkpoint(
     slow_save(monkeypatch)
     path = tmp_path / "run" / "last.pt"
     state = TrainingState(3, {"w": torch.ones(2)}, {}, torch.zeros(1), torch.zeros(1))
-    with pytest.raises(KeyboardInterrupt), engine.CheckpointCallback(path) as checkpointer:
-        checkpointer.on_checkpoint(state)
+    with pytest.raises(KeyboardInterrupt), checkpoint.CheckpointWriter(path) as writer:
+        writer.hold(state)
         raise KeyboardInterrupt
     assert load_checkpoint(path).epoch == 3

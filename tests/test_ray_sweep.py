@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from cifar_mlflow import schema
 from cifar_mlflow.cli import main
-from cifar_mlflow.ray_executor import is_local_address, is_local_store
+from cifar_mlflow.sweeps.ray_executor import is_local_address, is_local_store
 from tests.test_sweep import SMALL, folders, mlflow_run_sweep, parents_and_children
 
 # The sweep benchmarks/ray_sweep.py times: four trials of a narrow Mixer, seconds each here.

@@ -13,8 +13,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from cifar_mlflow import schema, server
+from cifar_mlflow import schema
 from cifar_mlflow.checkpoint import checkpoint_path
+from cifar_mlflow.server import launcher
+from cifar_mlflow.server.postgres import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -147,8 +149,8 @@ def test_a_diverging_loss_ends_the_run_failed_with_the_reason(tracking_store, tm
 
 def test_metrics_survive_a_20_s_server_outage_exactly_once(tmp_path, monkeypatch, own_server_dir):
     data_dir = own_server_dir
-    port = server.free_port()
-    running = server.start(data_dir, port=port)
+    port = free_port()
+    running = launcher.start(data_dir, port=port)
     env = {
         **os.environ,
         **running.env,
@@ -163,9 +165,9 @@ def test_metrics_survive_a_20_s_server_outage_exactly_once(tmp_path, monkeypatch
         lines.append(line)
         if "epoch 2/12" in line:
             break
-    server.stop(data_dir)
+    launcher.stop(data_dir)
     time.sleep(20)
-    running = server.start(data_dir, port=port)
+    running = launcher.start(data_dir, port=port)
     lines.append(process.communicate(timeout=300)[0])
     assert process.returncode == 0, "".join(lines)[-3000:]
     for name, value in running.env.items():

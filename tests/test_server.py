@@ -25,7 +25,9 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.schema import EPOCH_METRICS
-from cifar_mlflow.server import TrackingServer, free_port, server
+from cifar_mlflow.server.cli import server
+from cifar_mlflow.server.launcher import TrackingServer
+from cifar_mlflow.server.postgres import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"

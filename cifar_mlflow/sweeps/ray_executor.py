@@ -2,7 +2,8 @@
 
 Every Ray call of the project is here; `sweep` imports this module only for `executor=ray`, so
 the package works without Ray. The sweep itself (reuse, parent run, summary) stays in
-`sweep`; a task only trains one trial with `sweep.run_trial`, as the local executor does.
+`sweep`; a task only trains one trial with `trials.run_trial`, as the local executor does, and
+receives what it needs as plain values: the configuration and the parent run's ids.
 
 A worker on another machine has neither this process's environment nor its files: each task
 gets the sweep's tracking URI and credentials as arguments, and loads its data itself from
@@ -23,11 +24,13 @@ import ray
 import ray.exceptions
 import torch
 
-from cifar_mlflow import tracking
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import load_arrays
 from cifar_mlflow.errors import UserError
-from cifar_mlflow.sweep import RayOptions, Trial, TrialOutcome, run_trial
+from cifar_mlflow.sweeps.parent_run import SweepParent
+from cifar_mlflow.sweeps.ray_options import RayOptions
+from cifar_mlflow.sweeps.trials import Trial, TrialOutcome, run_trial
+from cifar_mlflow.tracking.client import use_worker_environment
 
 # "" lets `ray.init()` join a Ray instance running on this machine or start one; "local"
 # always starts one.
@@ -132,7 +135,7 @@ class RayExecutor:
         self.tracking_env = dict(tracking_env)
 
     def run(
-        self, trials: Sequence[Trial], parent: tracking.Run, study_name: str
+        self, trials: Sequence[Trial], parent: SweepParent, study_name: str
     ) -> Iterator[tuple[Trial, TrialOutcome]]:
         task = train_trial.options(
             num_cpus=self.options.cpus_per_trial,
@@ -177,12 +180,12 @@ def train_trial(
     config: TrainConfig,
     label: str,
     study_name: str,
-    parent: tracking.Run,
+    parent: SweepParent,
     tracking_env: Mapping[str, str],
     threads: int,
 ) -> TrialOutcome:
     """One trial on a Ray worker, logged where and as whom the sweep logs."""
-    tracking.use_worker_environment(tracking_env)
+    use_worker_environment(tracking_env)
     # Ray sets OMP_NUM_THREADS for the task, but torch may have read it in an earlier task of
     # this worker process: trials that share a machine must not oversubscribe its cores.
     torch.set_num_threads(threads)

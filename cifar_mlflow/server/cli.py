@@ -1,0 +1,54 @@
+"""`python -m cifar_mlflow server start|stop`: the launcher from the command line."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import click
+
+from cifar_mlflow.console import Group
+from cifar_mlflow.server.launcher import start, stop
+
+
+@click.group("server", cls=Group)
+def server() -> None:
+    """Run the team tracking server without Docker (PostgreSQL + mlflow server, basic auth)."""
+
+
+@server.command("start")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder of the database, artifacts and credentials; reuse it to keep the runs.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=5000,
+    show_default=True,
+    help="Port of the server, on 127.0.0.1.",
+)
+def start_command(data_dir: Path, port: int) -> None:
+    """Start the server and print the variables that point clients at it (`eval` them)."""
+    running = start(data_dir, port)
+    for name, value in running.env.items():
+        click.echo(f"export {name}={shlex.quote(value)}")
+    click.echo(
+        f"MLflow UI: {running.uri} (user {running.admin_username}); stop it with "
+        f"`python -m cifar_mlflow server stop --data-dir {shlex.quote(str(data_dir))}`",
+        err=True,
+    )
+
+
+@server.command("stop")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="The folder the server was started from.",
+)
+def stop_command(data_dir: Path) -> None:
+    """Stop the server started from --data-dir and its PostgreSQL cluster."""
+    stop(data_dir)

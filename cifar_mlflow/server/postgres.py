@@ -1,0 +1,143 @@
+"""A PostgreSQL cluster in a data folder, for the launcher: created, started, stopped.
+
+PostgreSQL refuses to run as root; as root the cluster belongs to the `postgres` user.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+from cifar_mlflow.errors import UserError
+
+HOST = "127.0.0.1"
+DB_USER = "mlflow"
+POSTGRES_INIT_SQL = Path(__file__).resolve().parents[2] / "docker" / "postgres-init.sql"
+
+
+class ServerError(UserError):
+    """A server that cannot start or stop; its message is one line."""
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def write_private(path: Path, text: str) -> None:
+    # Created with mode 0600, so never readable by others, not even for an instant.
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(text)
+
+
+class Postgres:
+    """The cluster in `<data_dir>/postgres`, run as the `postgres` user when we are root."""
+
+    def __init__(self, data_dir: Path, password: str) -> None:
+        self.cluster = data_dir / "postgres"
+        self.log = data_dir / "postgres.log"
+        self.password = password
+        self.port = 0
+        self.bin_dir = _postgres_bin_dir()
+        # PostgreSQL refuses to run as root, and CI runs as root.
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    def start(self) -> None:
+        if not (self.cluster / "PG_VERSION").exists():
+            self._init_cluster()
+        self.port = free_port()
+        # No Unix socket: its path could exceed the 107-byte limit in a deep data folder, and
+        # every client connects over TCP anyway.
+        options = f"-p {self.port} -c listen_addresses={HOST} -c unix_socket_directories=''"
+        self._run_as_owner(
+            "pg_ctl", "start", "-D", str(self.cluster), "-l", str(self.log), "-w", "-o", options
+        )
+        # Idempotent, so a start after an interrupted first start completes the set-up.
+        _run(
+            "psql",
+            [str(self.bin_dir / "psql"), "-h", HOST, "-p", str(self.port), "-U", DB_USER,
+             "-d", "postgres", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(POSTGRES_INIT_SQL)],
+            log=self.log, env={**os.environ, "PGPASSWORD": self.password},
+        )  # fmt: skip
+
+    def running(self) -> bool:
+        if not (self.cluster / "PG_VERSION").exists():
+            return False
+        status = subprocess.run(
+            [*self.as_user, str(self.bin_dir / "pg_ctl"), "status", "-D", str(self.cluster)],
+            capture_output=True,
+        )
+        return status.returncode == 0
+
+    def stop(self) -> None:
+        if self.running():
+            self._run_as_owner("pg_ctl", "stop", "-D", str(self.cluster), "-m", "fast", "-w")
+
+    def _init_cluster(self) -> None:
+        self.cluster.mkdir(mode=0o700, exist_ok=True)
+        password_file = self.cluster.parent / ".initdb-password"
+        password_file.unlink(missing_ok=True)  # left over by a killed first start
+        write_private(password_file, self.password)
+        try:
+            if self.as_user:
+                self._hand_to_postgres_user(password_file)
+            self._run_as_owner(
+                "initdb", "-D", str(self.cluster), "-U", DB_USER, f"--pwfile={password_file}",
+                "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale",
+            )  # fmt: skip
+        finally:
+            password_file.unlink()
+
+    def _hand_to_postgres_user(self, *files: Path) -> None:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            raise ServerError(
+                "PostgreSQL refuses to run as root and there is no `postgres` user to run it as"
+            ) from None
+        data_dir = self.cluster.parent
+        # Search permission only, so that `postgres` can reach its cluster inside the folder.
+        data_dir.chmod(data_dir.stat().st_mode | 0o001)
+        if subprocess.run([*self.as_user, "test", "-x", str(data_dir)]).returncode != 0:
+            raise ServerError(
+                f"the postgres user cannot reach {data_dir}: choose a data folder outside "
+                "private directories such as /root"
+            )
+        self.log.touch()
+        for path in (self.cluster, self.log, *files):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+
+    def _run_as_owner(self, program: str, *args: str) -> None:
+        _run(program, [*self.as_user, str(self.bin_dir / program), *args], log=self.log)
+
+
+def _run(program: str, command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    result = subprocess.run(
+        command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+        raise ServerError(f"{program} failed: {detail[-1]} (log: {log})")
+
+
+def _postgres_bin_dir() -> Path:
+    # Debian and Ubuntu keep the server programs off PATH, one folder per major version.
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda path: int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0,
+    )
+    if candidates:
+        return candidates[-1].parent
+    on_path = shutil.which("initdb")
+    if on_path is None:
+        raise ServerError(
+            "PostgreSQL not found: install it (Debian/Ubuntu: apt-get install postgresql) "
+            "or put initdb and pg_ctl on PATH"
+        )
+    return Path(on_path).parent

@@ -1,0 +1,6 @@
+"""Sweeps: a study's trials as nested runs under one parent run (SPEC §6).
+
+`sweep` decides which trials to run and summarises them; `trials` is what every executor
+shares (a trial, its outcome, running one); `parent_run` holds the sweep's MLflow calls;
+`local` and `ray_executor` decide where the missing trials run.
+"""

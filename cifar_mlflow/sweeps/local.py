@@ -1,0 +1,34 @@
+"""`executor=local`: one trial after another in this process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.data import CifarArrays, load_arrays
+from cifar_mlflow.sweeps.parent_run import SweepParent
+from cifar_mlflow.sweeps.trials import Trial, TrialOutcome, run_trial
+
+
+def data_sets(configs: Sequence[TrainConfig]) -> dict[tuple[str, str], CifarArrays]:
+    """Each distinct data set of the trials, loaded once (and before any run exists)."""
+    loaded: dict[tuple[str, str], CifarArrays] = {}
+    for config in configs:
+        key = (config.dataset, config.data_dir)
+        if key not in loaded:
+            loaded[key] = load_arrays(config)
+    return loaded
+
+
+class LocalExecutor:
+    """One trial after another in this process, on data sets loaded before any run exists."""
+
+    def __init__(self, configs: Sequence[TrainConfig]) -> None:
+        self.arrays = data_sets(configs)
+
+    def run(
+        self, trials: Sequence[Trial], parent: SweepParent, study_name: str
+    ) -> Iterator[tuple[Trial, TrialOutcome]]:
+        for trial in trials:
+            data = self.arrays[trial.config.dataset, trial.config.data_dir]
+            yield trial, run_trial(trial.config, data, study_name, parent, trial.label)

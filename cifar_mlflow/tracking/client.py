@@ -1,0 +1,82 @@
+"""Where and as whom this process logs: tracking URI, credentials, experiments, run links."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Experiment, Run
+
+from cifar_mlflow import schema
+from cifar_mlflow.reachability import check_reachable, is_server_uri, redact_uri
+
+# What MLflow's client reads from the environment to reach and log in to a server.
+CLIENT_CREDENTIAL_VARIABLES = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+)
+
+
+def run_id_from_mlflow_run() -> str | None:
+    """The run `mlflow run` created before starting the entry point, if any."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def check_tracking_server() -> None:
+    """One line within seconds, instead of MLflow's minutes of retries, if the server is gone."""
+    check_reachable(mlflow.get_tracking_uri())
+
+
+def worker_environment() -> dict[str, str]:
+    """The variables that make a process elsewhere log where this one does, as the same user.
+
+    The URI is the resolved one, so MLflow's default store counts too when none is set.
+    """
+    env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    env.update(
+        {name: os.environ[name] for name in CLIENT_CREDENTIAL_VARIABLES if name in os.environ}
+    )
+    return env
+
+
+def use_worker_environment(env: Mapping[str, str]) -> None:
+    """Log as `worker_environment` says, also in a process that served another sweep before."""
+    for name in CLIENT_CREDENTIAL_VARIABLES:
+        os.environ.pop(name, None)
+    os.environ.update(env)
+
+
+def use_experiment(name: str) -> str:
+    """Select (creating if needed) experiment `name`, tagged for MLflow's training-run view."""
+    experiment = mlflow.set_experiment(name)  # fetched with its tags: no second lookup
+    mark_experiment_kind(experiment)
+    return experiment.experiment_id
+
+
+def mark_experiment_kind(experiment: Experiment) -> None:
+    if experiment.tags.get(schema.EXPERIMENT_KIND_TAG) != schema.EXPERIMENT_KIND:
+        MlflowClient().set_experiment_tag(
+            experiment.experiment_id, schema.EXPERIMENT_KIND_TAG, schema.EXPERIMENT_KIND
+        )
+
+
+def mark_experiment_of(run: Run) -> None:
+    """Tag the experiment `mlflow run` selected (untagged) for the run it created."""
+    if run.info.run_id == run_id_from_mlflow_run():
+        mark_experiment_kind(MlflowClient().get_experiment(run.info.experiment_id))
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    """Where to look at a run: its UI page on a server, else the `mlflow ui` command.
+
+    Credentials in the tracking URI never appear in it.
+    """
+    uri = redact_uri(mlflow.get_tracking_uri())
+    if is_server_uri(uri):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"run {run_id}: browse it with `mlflow ui --backend-store-uri {uri}`"
