@@ -9,7 +9,6 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.synchronize
 import re
-import shlex
 import shutil
 import subprocess
 import time
@@ -35,6 +34,12 @@ ENV_EXAMPLE = REPO / ".env.example"
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|KEY")
 EPOCHS = 30
 WORKERS = 8
+CLIENT_VARIABLES = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+)
 
 
 def env_example() -> dict[str, str]:
@@ -149,16 +154,18 @@ def test_rest_api_refuses_requests_without_valid_credentials(
 ) -> None:
     url = f"{tracking_server.uri}/api/2.0/mlflow/experiments/search"
     params = {"max_results": 1}
-    assert requests.get(url, params=params, timeout=30).status_code == 401
+    ca = tracking_server.ca_file
+    assert requests.get(url, params=params, verify=ca, timeout=30).status_code == 401
     wrong = (tracking_server.admin_username, "not-the-password")
-    assert requests.get(url, params=params, auth=wrong, timeout=30).status_code == 401
+    assert requests.get(url, params=params, auth=wrong, verify=ca, timeout=30).status_code == 401
     admin = (tracking_server.admin_username, tracking_server.admin_password)
-    assert requests.get(url, params=params, auth=admin, timeout=30).status_code == 200
+    assert requests.get(url, params=params, auth=admin, verify=ca, timeout=30).status_code == 200
 
 
 @pytest.mark.e2e
 def test_a_reader_cannot_create_runs(server_env: dict[str, str]) -> None:
     uri = server_env["MLFLOW_TRACKING_URI"]
+    ca = server_env["MLFLOW_TRACKING_SERVER_CERT_PATH"]
     experiment_id = MlflowClient().create_experiment(server_env["MLFLOW_EXPERIMENT_NAME"])
     username, password = f"reader-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     admin = (server_env["MLFLOW_TRACKING_USERNAME"], server_env["MLFLOW_TRACKING_PASSWORD"])
@@ -176,7 +183,9 @@ def test_a_reader_cannot_create_runs(server_env: dict[str, str]) -> None:
             },
         ),
     ):
-        response = requests.post(f"{uri}/api/{endpoint}", json=body, auth=admin, timeout=30)
+        response = requests.post(
+            f"{uri}/api/{endpoint}", json=body, auth=admin, verify=ca, timeout=30
+        )
         assert response.status_code == 200, response.text
 
     reader = (username, password)
@@ -184,6 +193,7 @@ def test_a_reader_cannot_create_runs(server_env: dict[str, str]) -> None:
         f"{uri}/api/2.0/mlflow/experiments/get",
         params={"experiment_id": experiment_id},
         auth=reader,
+        verify=ca,
         timeout=30,
     )
     assert experiment.status_code == 200
@@ -191,6 +201,7 @@ def test_a_reader_cannot_create_runs(server_env: dict[str, str]) -> None:
         f"{uri}/api/2.0/mlflow/runs/create",
         json={"experiment_id": experiment_id},
         auth=reader,
+        verify=ca,
         timeout=30,
     )
     assert created.status_code == 403
@@ -204,7 +215,12 @@ def test_an_unknown_host_header_is_refused(tracking_server: TrackingServer) -> N
     port = tracking_server.uri.rsplit(":", 1)[1]
     for host, status in ((f"attacker.example:{port}", 403), (f"localhost:{port}", 200)):
         response = requests.get(
-            url, params={"max_results": 1}, auth=admin, headers={"Host": host}, timeout=30
+            url,
+            params={"max_results": 1},
+            auth=admin,
+            headers={"Host": host},
+            verify=tracking_server.ca_file,
+            timeout=30,
         )
         assert response.status_code == status, host
 
@@ -260,20 +276,16 @@ def test_concurrent_processes_lose_no_metric(server_env: dict[str, str]) -> None
 
 
 def start_with_cli(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """`server start`, with its printed `export` lines applied the way a shell `eval` would."""
+    """`server start`, with its printed lines evaluated by a shell, as `eval "$(...)"` does."""
     arguments = ["start", "--data-dir", str(data_dir), "--port", str(free_port())]
     result = CliRunner().invoke(server, arguments)
     assert result.exit_code == 0, result.output
-    env = dict(
-        shlex.split(line.removeprefix("export "))[0].split("=", 1)
-        for line in result.stdout.splitlines()
-        if line.startswith("export ")
-    )
-    assert set(env) == {
-        "MLFLOW_TRACKING_URI",
-        "MLFLOW_TRACKING_USERNAME",
-        "MLFLOW_TRACKING_PASSWORD",
-    }
+    script = result.stdout + "".join(f'printf "%s\\0" "${name}"\n' for name in CLIENT_VARIABLES)
+    evaluated = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    env = dict(zip(CLIENT_VARIABLES, evaluated.stdout.split("\0")[:-1], strict=True))
+    assert env["MLFLOW_TRACKING_URI"].startswith("https://127.0.0.1:")
+    assert env["MLFLOW_TRACKING_PASSWORD"], "the password file must be read when evaluated"
+    assert env["MLFLOW_TRACKING_PASSWORD"] not in result.output, "the password must not be printed"
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
@@ -298,7 +310,7 @@ def test_restart_keeps_runs_metrics_and_artifacts(
 
     assert CliRunner().invoke(server, ["stop", "--data-dir", str(data_dir)]).exit_code == 0
     with pytest.raises(requests.ConnectionError):
-        requests.get(f"{first['MLFLOW_TRACKING_URI']}/health", timeout=5)
+        requests.get(f"{first['MLFLOW_TRACKING_URI']}/health", verify=False, timeout=5)
 
     # On another port: what a run refers to must not depend on where the server listens.
     second = start_with_cli(data_dir, monkeypatch)

@@ -33,8 +33,8 @@ def server() -> None:
 def start_command(data_dir: Path, port: int) -> None:
     """Start the server and print the variables that point clients at it (`eval` them)."""
     running = start(data_dir, port)
-    for name, value in running.env.items():
-        click.echo(f"export {name}={shlex.quote(value)}")
+    for line in running.shell_lines():
+        click.echo(line)
     click.echo(
         f"MLflow UI: {running.uri} (user {running.admin_username}); stop it with "
         f"`python -m cifar_mlflow server stop --data-dir {shlex.quote(str(data_dir))}`",
