@@ -6,16 +6,19 @@ the entrypoint script of the Docker image (`docker/mlflow-server.sh`).
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import multiprocessing.synchronize
 import re
 import shutil
+import stat
 import subprocess
 import time
 import uuid
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 import requests
 import yaml
@@ -292,26 +295,49 @@ def start_with_cli(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str,
 
 
 @pytest.mark.e2e
-def test_restart_keeps_runs_metrics_and_artifacts(
+def test_backup_wipe_restore_brings_back_runs_users_and_artifacts(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, own_server_dir: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)
     data_dir = own_server_dir
     first = start_with_cli(data_dir, monkeypatch)
     client = MlflowClient()
-    experiment_id = client.create_experiment("restart")
-    run_id = client.create_run(experiment_id, run_name="before-restart").info.run_id
+    experiment_id = client.create_experiment("restore")
+    run_id = client.create_run(experiment_id, run_name="before-backup").info.run_id
     client.log_param(run_id, "lr", "0.001")
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric("valid_acc", s / 10, now, s) for s in (1, 2, 3)])
     (tmp_path / "config.json").write_text('{"lr": 0.001}')
     client.log_artifact(run_id, str(tmp_path / "config.json"))
     client.set_terminated(run_id)
+    member = ("member", uuid.uuid4().hex + uuid.uuid4().hex)
+    grant = {"username": "member", "resource_type": "experiment", "resource_id": experiment_id}
+    as_admin(first, "POST", "2.0/mlflow/users/create",
+             {"username": member[0], "password": member[1]})  # fmt: skip
+    as_admin(first, "POST", "3.0/mlflow/users/permissions/grant", {**grant, "permission": "EDIT"})
 
-    assert CliRunner().invoke(server, ["stop", "--data-dir", str(data_dir)]).exit_code == 0
+    runner = CliRunner()
+    inside = runner.invoke(server, ["backup", "--data-dir", str(data_dir), "--to", str(REPO / "b")])
+    assert inside.exit_code == 2
+    assert "inside the checkout" in inside.output
+    assert not (REPO / "b").exists()
+    backup_dir = tmp_path / "backup"
+    saved = runner.invoke(server, ["backup", "--data-dir", str(data_dir), "--to", str(backup_dir)])
+    assert saved.exit_code == 0, saved.output
+    assert stat.S_IMODE(backup_dir.stat().st_mode) == 0o700
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in backup_dir.iterdir()} == {
+        name: 0o600
+        for name in ("mlflow.dump", "mlflow_auth.dump", "artifacts.tar.gz", "secrets.tar.gz")
+    }
+    assert runner.invoke(server, ["stop", "--data-dir", str(data_dir)]).exit_code == 0
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{first['MLFLOW_TRACKING_URI']}/health", verify=False, timeout=5)
 
+    shutil.rmtree(data_dir)
+    restored = runner.invoke(
+        server, ["restore", "--data-dir", str(data_dir), "--from", str(backup_dir)]
+    )
+    assert restored.exit_code == 0, restored.output
     # On another port: what a run refers to must not depend on where the server listens.
     second = start_with_cli(data_dir, monkeypatch)
     assert second["MLFLOW_TRACKING_PASSWORD"] == first["MLFLOW_TRACKING_PASSWORD"]
@@ -324,6 +350,35 @@ def test_restart_keeps_runs_metrics_and_artifacts(
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
     downloaded = client.download_artifacts(run_id, "config.json", str(tmp_path / "back"))
     assert Path(downloaded).read_text() == '{"lr": 0.001}'
+    permissions = as_admin(second, "GET", "3.0/mlflow/users/permissions/list?username=member")
+    assert {(p["resource_pattern"], p["permission"]) for p in permissions["permissions"]} == {
+        (experiment_id, "EDIT")
+    }
+    with_her_password = requests.post(
+        f"{second['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/runs/create",
+        json={"experiment_id": experiment_id},
+        auth=member,
+        verify=second["MLFLOW_TRACKING_SERVER_CERT_PATH"],
+        timeout=30,
+    )
+    assert with_her_password.status_code == 200, with_her_password.text
+    # The admin exists: its password no longer reaches the server.
+    state = json.loads((data_dir / "server.json").read_text())
+    processes = [psutil.Process(state["pid"]), *psutil.Process(state["pid"]).children(True)]
+    assert not [p for p in processes if "MLFLOW_AUTH_ADMIN_PASSWORD" in str(p.environ())]
+
+
+def as_admin(env: dict[str, str], method: str, endpoint: str, body: dict | None = None) -> dict:
+    response = requests.request(
+        method,
+        f"{env['MLFLOW_TRACKING_URI']}/api/{endpoint}",
+        json=body,
+        auth=(env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]),
+        verify=env["MLFLOW_TRACKING_SERVER_CERT_PATH"],
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 @pytest.mark.e2e
@@ -345,7 +400,7 @@ def test_cli_refuses_user_mistakes_with_status_2(
 
 
 def test_cli_help() -> None:
-    for command in ([], ["start"], ["stop"]):
+    for command in ([], ["start"], ["stop"], ["backup"], ["restore"]):
         result = CliRunner().invoke(server, [*command, "-h"])
         assert result.exit_code == 0
         assert "Usage:" in result.output

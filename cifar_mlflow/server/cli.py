@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cifar_mlflow.console import Group
+from cifar_mlflow.server.backup import backup, restore
 from cifar_mlflow.server.launcher import start, stop
 
 
@@ -52,3 +53,43 @@ def start_command(data_dir: Path, port: int) -> None:
 def stop_command(data_dir: Path) -> None:
     """Stop the server started from --data-dir and its PostgreSQL cluster."""
     stop(data_dir)
+
+
+@server.command("backup")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="The folder of the running server.",
+)
+@click.option(
+    "--to",
+    "target",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="A new folder outside the checkout; it receives every password too.",
+)
+def backup_command(data_dir: Path, target: Path) -> None:
+    """Back up the runs, users, permissions, artifacts and secrets of a running server."""
+    backup(data_dir, target)
+    click.echo(f"Backed up {data_dir} to {target}", err=True)
+
+
+@server.command("restore")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="A new data folder to rebuild the server in.",
+)
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="A folder written by `server backup`.",
+)
+def restore_command(data_dir: Path, source: Path) -> None:
+    """Rebuild a server from a backup into a new data folder; then `server start` it."""
+    restore(data_dir, source)
+    click.echo(f"Restored {source} into {data_dir}; start it with `server start`", err=True)

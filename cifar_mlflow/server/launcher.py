@@ -215,6 +215,7 @@ def _start_mlflow(
     state = {
         "uri": uri,
         "pid": process.pid,
+        "postgres_port": postgres_port,
         # Together with the pid, the start time tells this server from a later process that
         # reuses its pid after a reboot.
         "create_time": psutil.Process(process.pid).create_time(),

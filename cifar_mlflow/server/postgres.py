@@ -51,11 +51,9 @@ class Postgres:
             "pg_ctl", "start", "-D", str(self.cluster), "-l", str(self.log), "-w", "-o", options
         )
         # Idempotent, so a start after an interrupted first start completes the set-up.
-        _run(
-            "psql",
-            [str(self.bin_dir / "psql"), "-h", HOST, "-p", str(self.port), "-U", DB_USER,
-             "-d", "postgres", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(POSTGRES_INIT_SQL)],
-            log=self.log, env={**os.environ, "PGPASSWORD": self.password},
+        self.client(
+            "psql", "-h", HOST, "-p", str(self.port), "-U", DB_USER, "-d", "postgres", "-q",
+            "-v", "ON_ERROR_STOP=1", "-f", str(POSTGRES_INIT_SQL),
         )  # fmt: skip
 
     def running(self) -> bool:
@@ -85,6 +83,11 @@ class Postgres:
             )  # fmt: skip
         finally:
             password_file.unlink()
+
+    def client(self, program: str, *args: str) -> None:
+        """Run a client program of this PostgreSQL version (psql, pg_dump, pg_restore)."""
+        _run(program, [str(self.bin_dir / program), *args], log=self.log,
+             env={**os.environ, "PGPASSWORD": self.password})  # fmt: skip
 
     def _run_as_owner(self, program: str, *args: str) -> None:
         _run(program, [*self.as_user, str(self.bin_dir / program), *args], log=self.log)

@@ -28,8 +28,7 @@ import os
 import secrets
 import sqlite3
 import time
-from posixpath import normpath
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import anyio.to_thread
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -193,12 +192,10 @@ def _artifact_location(body: bytes) -> str:
 
 def _inside_proxied_store(location: str) -> bool:
     parts = urlsplit(location)
-    path = normpath(parts.path or "/")
     return (
         parts.scheme == "mlflow-artifacts"
         and not parts.netloc
-        and not path.startswith("/..")
-        and ".." not in path.split("/")
+        and ".." not in unquote(parts.path).replace("\\", "/").split("/")
     )
 
 
