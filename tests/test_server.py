@@ -155,9 +155,11 @@ def test_concurrent_processes_lose_no_metric(server_env: dict[str, str]) -> None
             assert points == [(e, expected(worker, e, i)) for e in range(1, EPOCHS + 1)], name
 
 
-def start_with_cli(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def start_with_cli(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, *options: str
+) -> dict[str, str]:
     """`server start`, with its printed lines evaluated by a shell, as `eval "$(...)"` does."""
-    arguments = ["start", "--data-dir", str(data_dir), "--port", str(free_port())]
+    arguments = ["start", "--data-dir", str(data_dir), "--port", str(free_port()), *options]
     result = CliRunner().invoke(server, arguments)
     assert result.exit_code == 0, result.output
     script = result.stdout + "".join(f'printf "%s\\0" "${name}"\n' for name in CLIENT_VARIABLES)
@@ -215,8 +217,17 @@ def test_backup_wipe_restore_brings_back_runs_users_and_artifacts(
         server, ["restore", "--data-dir", str(data_dir), "--from", str(backup_dir)]
     )
     assert restored.exit_code == 0, restored.output
-    # On another port: what a run refers to must not depend on where the server listens.
-    second = start_with_cli(data_dir, monkeypatch)
+    # On another port, with the operator's certificate: what a run refers to must not depend
+    # on where the server listens.
+    ours = tmp_path / "certificate"
+    assert runner.invoke(server, ["certificate", "--out", str(ours)]).exit_code == 0
+    second = start_with_cli(
+        data_dir, monkeypatch, "--tls-cert", str(ours / "server.pem"),
+        "--tls-key", str(ours / "server-key.pem"), "--tls-ca", str(ours / "ca.pem"),
+    )  # fmt: skip
+    assert Path(second["MLFLOW_TRACKING_SERVER_CERT_PATH"]).read_text() == (
+        (ours / "ca.pem").read_text()
+    )
     assert second["MLFLOW_TRACKING_PASSWORD"] == first["MLFLOW_TRACKING_PASSWORD"]
     client = MlflowClient()
     run = client.get_run(run_id)
@@ -277,7 +288,7 @@ def test_cli_refuses_user_mistakes_with_status_2(
 
 
 def test_cli_help() -> None:
-    for command in ([], ["start"], ["stop"], ["backup"], ["restore"]):
+    for command in ([], ["start"], ["stop"], ["backup"], ["restore"], ["certificate"]):
         result = CliRunner().invoke(server, [*command, "-h"])
         assert result.exit_code == 0
         assert "Usage:" in result.output

@@ -42,7 +42,7 @@ from cifar_mlflow.server.account import (
     write_private,
 )
 from cifar_mlflow.server.postgres import DB_USER, HOST, Postgres, ServerError
-from cifar_mlflow.server.tls import CertificateFiles, ensure_certificate
+from cifar_mlflow.server.tls import CertificateFiles, ensure_certificate, install_certificate
 
 SERVER_SCRIPT = Path(__file__).resolve().parents[2] / "docker" / "mlflow-server.sh"
 ADMIN_USERNAME = "admin"
@@ -91,8 +91,13 @@ class TrackingServer:
         ]
 
 
-def start(data_dir: Path, port: int = 5000) -> TrackingServer:
+def start(
+    data_dir: Path, port: int = 5000, operator_certificate: CertificateFiles | None = None
+) -> TrackingServer:
     """Start PostgreSQL and `mlflow server` from `data_dir`, creating the cluster on first use.
+
+    It serves HTTPS with `operator_certificate` (copied into the data folder), else with the
+    certificate of a CA generated for it on first use.
 
     Returns once the server answers; both keep running after this process exits.
     """
@@ -110,7 +115,11 @@ def start(data_dir: Path, port: int = 5000) -> TrackingServer:
     account = service_account()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret_files = ensure_secrets(data_dir)
-    certificate = ensure_certificate(data_dir / "tls", [])
+    certificate = (
+        install_certificate(data_dir / "tls", operator_certificate)
+        if operator_certificate
+        else ensure_certificate(data_dir / "tls", [])
+    )
     (data_dir / "artifacts").mkdir(mode=0o700, exist_ok=True)
     hand_over(data_dir, account)
     postgres = Postgres(data_dir, secret_files["postgres_password"].read_text(), account)

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cifar_mlflow.server.postgres import write_private
+from cifar_mlflow.server.account import ServerError, write_private
 
 # Two years: browsers cap publicly trusted certificates lower, but this CA is the team's own.
 VALIDITY = datetime.timedelta(days=730)
@@ -73,6 +73,22 @@ def ensure_certificate(folder: Path, names: list[str]) -> CertificateFiles:
     write_private(files.key, _pem_key(server_key))
     write_private(files.cert, _pem(server_cert))
     write_private(files.ca, _pem(ca_cert))
+    return files
+
+
+def install_certificate(folder: Path, operator: CertificateFiles) -> CertificateFiles:
+    """Copy the operator's certificate chain, key and the CA clients trust into `folder` (0600),
+    replacing what was there."""
+    files = certificate_files(folder)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for source, target in zip(
+        (operator.cert, operator.key, operator.ca), (files.cert, files.key, files.ca), strict=True
+    ):
+        text = source.read_text()
+        if "-----BEGIN " not in text:
+            raise ServerError(f"{source} is not a PEM file")
+        target.unlink(missing_ok=True)
+        write_private(target, text)
     return files
 
 
