@@ -27,9 +27,10 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.schema import EPOCH_METRICS
+from cifar_mlflow.server.backup import backup
 from cifar_mlflow.server.cli import server
 from cifar_mlflow.server.launcher import TrackingServer
-from cifar_mlflow.server.postgres import free_port
+from cifar_mlflow.server.postgres import ServerError, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -292,3 +293,10 @@ def test_cli_help() -> None:
         result = CliRunner().invoke(server, [*command, "-h"])
         assert result.exit_code == 0
         assert "Usage:" in result.output
+
+
+@pytest.mark.parametrize("inside", [".", "backups/monday", "docker/../b"])
+def test_a_backup_inside_the_checkout_is_refused(tmp_path: Path, inside: str) -> None:
+    with pytest.raises(ServerError, match="inside the checkout"):
+        backup(tmp_path, REPO / inside)
+    assert not (REPO / "backups").exists()
