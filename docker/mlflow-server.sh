@@ -3,35 +3,46 @@
 # runs it as its entrypoint and `python -m cifar_mlflow server start` runs it on the host, so
 # the configuration the tests exercise is the one docker-compose deploys.
 #
-#   POSTGRES_PASSWORD, MLFLOW_AUTH_ADMIN_PASSWORD (12+ characters),
-#   MLFLOW_FLASK_SERVER_SECRET_KEY          required
+# Secrets, each from NAME or, better, from the file named by NAME_FILE (Docker secrets):
+#   POSTGRES_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY   required
+#   MLFLOW_AUTH_ADMIN_PASSWORD                         first start only (creates the admin)
+# TLS (required; plain HTTP is never served):
+#   MLFLOW_TLS_CERT_FILE, MLFLOW_TLS_KEY_FILE          certificate chain and key, PEM
+# Settings:
 #   POSTGRES_HOST/PORT/USER                 db, 5432, mlflow
 #   MLFLOW_HOST/PORT, MLFLOW_WORKERS        0.0.0.0, 5000, 4
+#   MLFLOW_PUBLIC_PORT                      the port clients type (MLFLOW_PORT)
+#   MLFLOW_ALLOWED_HOSTS                    names clients use, `name` (at the public port) or
+#                                           `name:port`; localhost and 127.0.0.1 always; no `*`
 #   MLFLOW_ARTIFACTS_DESTINATION            /mlartifacts
-#   MLFLOW_ALLOWED_HOSTS                    extra names clients use (localhost always works)
 #   MLFLOW_AUTH_ADMIN_USERNAME              admin
 #   MLFLOW_AUTH_DEFAULT_PERMISSION          READ (what users get on experiments of others)
 #   MLFLOW_AUTH_CACHE_TTL_SECONDS           60 (0 turns the credential cache off)
 #   MLFLOW_AUTH_CONFIG_PATH                 where to write the auth config (a temporary file)
+#   CIFAR_GUARD_STATE                       the login throttle's file (a temporary file)
+#   CIFAR_GUARD_CONFINE_ARTIFACTS           true; false lets users pick artifact locations
 set -euo pipefail
+umask 077
+here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
+# shellcheck source=docker/secrets.sh
+source "$here/secrets.sh"
 
-for name in POSTGRES_PASSWORD MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY; do
-    value=${!name:-}
-    if [[ -z $value || $value == change-me* ]]; then
-        echo "mlflow-server.sh: set $name to a secret of your own (see .env.example)" >&2
+read_secret POSTGRES_PASSWORD required
+read_secret MLFLOW_FLASK_SERVER_SECRET_KEY required
+read_secret MLFLOW_AUTH_ADMIN_PASSWORD optional
+for name in MLFLOW_TLS_CERT_FILE MLFLOW_TLS_KEY_FILE; do
+    if [[ ! -r ${!name:-} ]]; then
+        echo "mlflow-server.sh: set $name to a readable PEM file; the server speaks only TLS" >&2
         exit 2
     fi
 done
-if ((${#MLFLOW_AUTH_ADMIN_PASSWORD} < 12)); then
-    echo "mlflow-server.sh: MLFLOW_AUTH_ADMIN_PASSWORD needs at least 12 characters" >&2
-    exit 2
-fi
 
 # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the image ships psycopg2.
 pg="postgresql+psycopg2://${POSTGRES_USER:-mlflow}@${POSTGRES_HOST:-db}:${POSTGRES_PORT:-5432}"
 # libpq reads the password from PGPASSWORD, which keeps it out of the database URIs and so out
 # of `ps`, the auth config file and MLflow's logs.
 export PGPASSWORD=$POSTGRES_PASSWORD
+unset POSTGRES_PASSWORD
 export MLFLOW_AUTH_ADMIN_USERNAME=${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
 # The job runner serves GenAI scorers and evaluations this project does not use, and costs
 # seven processes.
@@ -51,23 +62,42 @@ database_uri = $pg/mlflow_auth
 auth_cache_ttl_seconds = ${MLFLOW_AUTH_CACHE_TTL_SECONDS:-60}
 INI
 
-# uvicorn answers 403 to a Host header it does not list; clients send the name with the port
-# unless the port is the scheme's default, so each name is allowed both ways.
-IFS=, read -ra extra_hosts <<<"${MLFLOW_ALLOWED_HOSTS:-}"
-allowed=()
-for name in localhost 127.0.0.1 "${extra_hosts[@]}"; do
+# uvicorn answers 403 to a Host header it does not list. Clients send `name:port` unless the
+# port is the scheme's default; each name is allowed at exactly one port, never at any.
+public_port=${MLFLOW_PUBLIC_PORT:-${MLFLOW_PORT:-5000}}
+IFS=, read -ra names <<<"localhost,127.0.0.1,${MLFLOW_ALLOWED_HOSTS:-}"
+hosts=() origins=()
+for name in "${names[@]}"; do
     name=${name// /}
-    if [[ -n $name ]]; then
-        allowed+=("$name" "$name:*")
+    if [[ -z $name ]]; then
+        continue
+    elif [[ $name == *[*?[]* ]]; then
+        echo "mlflow-server.sh: MLFLOW_ALLOWED_HOSTS takes exact names, not patterns: $name" >&2
+        exit 2
+    elif [[ $name != *:* ]]; then
+        name=$name:$public_port
+    fi
+    hosts+=("$name")
+    origins+=("https://$name")
+    if [[ $name == *:443 ]]; then
+        hosts+=("${name%:443}") origins+=("https://${name%:443}")
     fi
 done
+export CIFAR_GUARD_ORIGINS
+CIFAR_GUARD_ORIGINS=$(IFS=,; echo "${origins[*]}")
+export CIFAR_GUARD_STATE=${CIFAR_GUARD_STATE:-$(mktemp --suffix=.sqlite)}
+# The guard (docker/guard) registers the app `cifar-guard` through the dist-info folder beside
+# it, which Python's entry-point lookup finds on the path: nothing to install.
+export PYTHONPATH=$here/guard${PYTHONPATH:+:$PYTHONPATH}
 
-exec mlflow server \
+exec python -m mlflow server \
     --backend-store-uri "$pg/mlflow" \
     --serve-artifacts \
     --artifacts-destination "${MLFLOW_ARTIFACTS_DESTINATION:-/mlartifacts}" \
-    --app-name basic-auth \
+    --app-name cifar-guard \
     --host "${MLFLOW_HOST:-0.0.0.0}" \
     --port "${MLFLOW_PORT:-5000}" \
     --workers "${MLFLOW_WORKERS:-4}" \
-    --allowed-hosts "$(IFS=,; echo "${allowed[*]}")"
+    --allowed-hosts "$(IFS=,; echo "${hosts[*]}")" \
+    --cors-allowed-origins "$CIFAR_GUARD_ORIGINS" \
+    --uvicorn-opts "$(printf '%q ' --ssl-certfile "$MLFLOW_TLS_CERT_FILE" --ssl-keyfile "$MLFLOW_TLS_KEY_FILE")"

@@ -1,33 +1,36 @@
-"""The team tracking server: the compose file, and the same configuration run for real.
-
-The e2e tests start PostgreSQL and `mlflow server` through `cifar_mlflow.server`, which runs
-the entrypoint script of the Docker image (`docker/mlflow-server.sh`).
+"""The team tracking server run for real: authentication, concurrent logging, the CLI,
+backups. The e2e tests start PostgreSQL and `mlflow server` through `cifar_mlflow.server`,
+which runs the entrypoint script of the Docker image (`docker/mlflow-server.sh`); the compose
+file and images are checked in test_server_deployment.py, the attacks in
+test_server_security.py.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import multiprocessing.synchronize
 import re
-import shlex
 import shutil
+import stat
 import subprocess
 import time
 import uuid
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 import requests
-import yaml
 from click.testing import CliRunner
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.schema import EPOCH_METRICS
+from cifar_mlflow.server.backup import backup
 from cifar_mlflow.server.cli import server
 from cifar_mlflow.server.launcher import TrackingServer
-from cifar_mlflow.server.postgres import free_port
+from cifar_mlflow.server.postgres import ServerError, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -35,112 +38,12 @@ ENV_EXAMPLE = REPO / ".env.example"
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|KEY")
 EPOCHS = 30
 WORKERS = 8
-
-
-def env_example() -> dict[str, str]:
-    pairs = (
-        line.split("=", 1)
-        for line in ENV_EXAMPLE.read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    )
-    return {name.strip(): value.strip() for name, value in pairs}
-
-
-def example_secrets() -> dict[str, str]:
-    return {name: value for name, value in env_example().items() if SECRET_NAME.search(name)}
-
-
-def compose_command() -> list[str] | None:
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    if shutil.which("docker") and (
-        subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
-    ):
-        return ["docker", "compose"]
-    return None
-
-
-def test_compose_accepts_the_file_with_the_example_env(tmp_path: Path) -> None:
-    command = compose_command()
-    if command is None:
-        pytest.skip("neither docker-compose nor the docker compose plugin is installed")
-    options = ["-f", str(COMPOSE_FILE), "--env-file", str(ENV_EXAMPLE), "--profile", "gpu"]
-    result = subprocess.run(
-        [*command, *options, "config"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
-    config = yaml.safe_load(result.stdout)
-    assert set(config["services"]) == {"db", "mlflow", "trainer"}
-    assert "ports" not in config["services"]["db"]
-    # The secrets reach the containers from the env file, not from the compose file.
-    secrets = example_secrets()
-    assert (
-        config["services"]["db"]["environment"]["POSTGRES_PASSWORD"]
-        == (secrets["POSTGRES_PASSWORD"])
-    )
-    mlflow_env = config["services"]["mlflow"]["environment"]
-    for name in ("POSTGRES_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD"):
-        assert mlflow_env[name] == secrets[name]
-
-
-def test_compose_publishes_only_mlflow_and_reads_every_secret_from_env() -> None:
-    compose = yaml.safe_load(COMPOSE_FILE.read_text())
-    services = compose["services"]
-    assert {name for name, service in services.items() if "ports" in service} == {"mlflow"}
-    (mapping,) = services["mlflow"]["ports"]
-    assert mapping.endswith(":5000")
-
-    db = services["db"]
-    assert "healthcheck" in db
-    # Not even reachable from the outside through another service's network.
-    assert all(compose["networks"][network].get("internal") for network in db["networks"])
-    volume = db["volumes"][0].split(":")[0]
-    assert volume in compose["volumes"], "PostgreSQL's data must live in a named volume"
-    assert services["mlflow"]["depends_on"]["db"]["condition"] == "service_healthy"
-
-    known = set(env_example())
-    for service in services.values():
-        for name, value in service.get("environment", {}).items():
-            if SECRET_NAME.search(name):
-                reference = re.fullmatch(r"\$\{(\w+)(:[?-][^}]*)?\}", str(value))
-                assert reference, f"{name} must come from .env, not be written in the file"
-                assert reference.group(1) in known, f"{reference.group(1)} is not in .env.example"
-
-
-def test_server_image_pins_the_tested_mlflow_and_runs_the_shared_script() -> None:
-    dockerfile = (REPO / "docker" / "server.Dockerfile").read_text()
-    assert f'"mlflow[auth]=={mlflow.__version__}"' in dockerfile
-    assert "psycopg2-binary==" in dockerfile
-    assert 'ENTRYPOINT ["mlflow-server.sh"]' in dockerfile
-    assert "COPY mlflow-server.sh " in dockerfile
-
-
-def test_no_secret_from_env_example_is_in_the_repository() -> None:
-    secrets = example_secrets()
-    assert len(secrets) >= 3
-    assert all(len(value) >= 12 for value in secrets.values()), "too short to search for"
-    listed = subprocess.run(
-        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    # Untracked files that are not ignored count too: they are what the next commit adds.
-    files = [REPO / name for name in listed.split("\0") if name and name != ".env.example"]
-    assert files
-    leaks = [
-        f"{path.relative_to(REPO)}: {name}"
-        for path in files
-        if path.is_file()
-        for name, value in secrets.items()
-        if value.encode() in path.read_bytes()
-    ]
-    assert not leaks
-    ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", ".env"])
-    assert ignored.returncode == 0, ".env must stay git-ignored"
+CLIENT_VARIABLES = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+)
 
 
 @pytest.mark.e2e
@@ -149,16 +52,18 @@ def test_rest_api_refuses_requests_without_valid_credentials(
 ) -> None:
     url = f"{tracking_server.uri}/api/2.0/mlflow/experiments/search"
     params = {"max_results": 1}
-    assert requests.get(url, params=params, timeout=30).status_code == 401
+    ca = tracking_server.ca_file
+    assert requests.get(url, params=params, verify=ca, timeout=30).status_code == 401
     wrong = (tracking_server.admin_username, "not-the-password")
-    assert requests.get(url, params=params, auth=wrong, timeout=30).status_code == 401
+    assert requests.get(url, params=params, auth=wrong, verify=ca, timeout=30).status_code == 401
     admin = (tracking_server.admin_username, tracking_server.admin_password)
-    assert requests.get(url, params=params, auth=admin, timeout=30).status_code == 200
+    assert requests.get(url, params=params, auth=admin, verify=ca, timeout=30).status_code == 200
 
 
 @pytest.mark.e2e
 def test_a_reader_cannot_create_runs(server_env: dict[str, str]) -> None:
     uri = server_env["MLFLOW_TRACKING_URI"]
+    ca = server_env["MLFLOW_TRACKING_SERVER_CERT_PATH"]
     experiment_id = MlflowClient().create_experiment(server_env["MLFLOW_EXPERIMENT_NAME"])
     username, password = f"reader-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     admin = (server_env["MLFLOW_TRACKING_USERNAME"], server_env["MLFLOW_TRACKING_PASSWORD"])
@@ -176,7 +81,9 @@ def test_a_reader_cannot_create_runs(server_env: dict[str, str]) -> None:
             },
         ),
     ):
-        response = requests.post(f"{uri}/api/{endpoint}", json=body, auth=admin, timeout=30)
+        response = requests.post(
+            f"{uri}/api/{endpoint}", json=body, auth=admin, verify=ca, timeout=30
+        )
         assert response.status_code == 200, response.text
 
     reader = (username, password)
@@ -184,6 +91,7 @@ def test_a_reader_cannot_create_runs(server_env: dict[str, str]) -> None:
         f"{uri}/api/2.0/mlflow/experiments/get",
         params={"experiment_id": experiment_id},
         auth=reader,
+        verify=ca,
         timeout=30,
     )
     assert experiment.status_code == 200
@@ -191,22 +99,11 @@ def test_a_reader_cannot_create_runs(server_env: dict[str, str]) -> None:
         f"{uri}/api/2.0/mlflow/runs/create",
         json={"experiment_id": experiment_id},
         auth=reader,
+        verify=ca,
         timeout=30,
     )
     assert created.status_code == 403
     assert MlflowClient().search_runs([experiment_id]) == []
-
-
-@pytest.mark.e2e
-def test_an_unknown_host_header_is_refused(tracking_server: TrackingServer) -> None:
-    url = f"{tracking_server.uri}/api/2.0/mlflow/experiments/search"
-    admin = (tracking_server.admin_username, tracking_server.admin_password)
-    port = tracking_server.uri.rsplit(":", 1)[1]
-    for host, status in ((f"attacker.example:{port}", 403), (f"localhost:{port}", 200)):
-        response = requests.get(
-            url, params={"max_results": 1}, auth=admin, headers={"Host": host}, timeout=30
-        )
-        assert response.status_code == status, host
 
 
 def log_epochs(
@@ -259,49 +156,79 @@ def test_concurrent_processes_lose_no_metric(server_env: dict[str, str]) -> None
             assert points == [(e, expected(worker, e, i)) for e in range(1, EPOCHS + 1)], name
 
 
-def start_with_cli(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """`server start`, with its printed `export` lines applied the way a shell `eval` would."""
-    arguments = ["start", "--data-dir", str(data_dir), "--port", str(free_port())]
+def start_with_cli(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, *options: str
+) -> dict[str, str]:
+    """`server start`, with its printed lines evaluated by a shell, as `eval "$(...)"` does."""
+    arguments = ["start", "--data-dir", str(data_dir), "--port", str(free_port()), *options]
     result = CliRunner().invoke(server, arguments)
     assert result.exit_code == 0, result.output
-    env = dict(
-        shlex.split(line.removeprefix("export "))[0].split("=", 1)
-        for line in result.stdout.splitlines()
-        if line.startswith("export ")
-    )
-    assert set(env) == {
-        "MLFLOW_TRACKING_URI",
-        "MLFLOW_TRACKING_USERNAME",
-        "MLFLOW_TRACKING_PASSWORD",
-    }
+    script = result.stdout + "".join(f'printf "%s\\0" "${name}"\n' for name in CLIENT_VARIABLES)
+    evaluated = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    env = dict(zip(CLIENT_VARIABLES, evaluated.stdout.split("\0")[:-1], strict=True))
+    assert env["MLFLOW_TRACKING_URI"].startswith("https://127.0.0.1:")
+    assert env["MLFLOW_TRACKING_PASSWORD"], "the password file must be read when evaluated"
+    assert env["MLFLOW_TRACKING_PASSWORD"] not in result.output, "the password must not be printed"
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
 
 
 @pytest.mark.e2e
-def test_restart_keeps_runs_metrics_and_artifacts(
+def test_backup_wipe_restore_brings_back_runs_users_and_artifacts(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, own_server_dir: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)
     data_dir = own_server_dir
     first = start_with_cli(data_dir, monkeypatch)
     client = MlflowClient()
-    experiment_id = client.create_experiment("restart")
-    run_id = client.create_run(experiment_id, run_name="before-restart").info.run_id
+    experiment_id = client.create_experiment("restore")
+    run_id = client.create_run(experiment_id, run_name="before-backup").info.run_id
     client.log_param(run_id, "lr", "0.001")
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric("valid_acc", s / 10, now, s) for s in (1, 2, 3)])
     (tmp_path / "config.json").write_text('{"lr": 0.001}')
     client.log_artifact(run_id, str(tmp_path / "config.json"))
     client.set_terminated(run_id)
+    member = ("member", uuid.uuid4().hex + uuid.uuid4().hex)
+    grant = {"username": "member", "resource_type": "experiment", "resource_id": experiment_id}
+    as_admin(first, "POST", "2.0/mlflow/users/create",
+             {"username": member[0], "password": member[1]})  # fmt: skip
+    as_admin(first, "POST", "3.0/mlflow/users/permissions/grant", {**grant, "permission": "EDIT"})
 
-    assert CliRunner().invoke(server, ["stop", "--data-dir", str(data_dir)]).exit_code == 0
+    runner = CliRunner()
+    inside = runner.invoke(server, ["backup", "--data-dir", str(data_dir), "--to", str(REPO / "b")])
+    assert inside.exit_code == 2
+    assert "inside the checkout" in inside.output
+    assert not (REPO / "b").exists()
+    backup_dir = tmp_path / "backup"
+    saved = runner.invoke(server, ["backup", "--data-dir", str(data_dir), "--to", str(backup_dir)])
+    assert saved.exit_code == 0, saved.output
+    assert stat.S_IMODE(backup_dir.stat().st_mode) == 0o700
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in backup_dir.iterdir()} == {
+        name: 0o600
+        for name in ("mlflow.dump", "mlflow_auth.dump", "artifacts.tar.gz", "secrets.tar.gz")
+    }
+    assert runner.invoke(server, ["stop", "--data-dir", str(data_dir)]).exit_code == 0
     with pytest.raises(requests.ConnectionError):
-        requests.get(f"{first['MLFLOW_TRACKING_URI']}/health", timeout=5)
+        requests.get(f"{first['MLFLOW_TRACKING_URI']}/health", verify=False, timeout=5)
 
-    # On another port: what a run refers to must not depend on where the server listens.
-    second = start_with_cli(data_dir, monkeypatch)
+    shutil.rmtree(data_dir)
+    restored = runner.invoke(
+        server, ["restore", "--data-dir", str(data_dir), "--from", str(backup_dir)]
+    )
+    assert restored.exit_code == 0, restored.output
+    # On another port, with the operator's certificate: what a run refers to must not depend
+    # on where the server listens.
+    ours = tmp_path / "certificate"
+    assert runner.invoke(server, ["certificate", "--out", str(ours)]).exit_code == 0
+    second = start_with_cli(
+        data_dir, monkeypatch, "--tls-cert", str(ours / "server.pem"),
+        "--tls-key", str(ours / "server-key.pem"), "--tls-ca", str(ours / "ca.pem"),
+    )  # fmt: skip
+    assert Path(second["MLFLOW_TRACKING_SERVER_CERT_PATH"]).read_text() == (
+        (ours / "ca.pem").read_text()
+    )
     assert second["MLFLOW_TRACKING_PASSWORD"] == first["MLFLOW_TRACKING_PASSWORD"]
     client = MlflowClient()
     run = client.get_run(run_id)
@@ -312,6 +239,35 @@ def test_restart_keeps_runs_metrics_and_artifacts(
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
     downloaded = client.download_artifacts(run_id, "config.json", str(tmp_path / "back"))
     assert Path(downloaded).read_text() == '{"lr": 0.001}'
+    permissions = as_admin(second, "GET", "3.0/mlflow/users/permissions/list?username=member")
+    assert {(p["resource_pattern"], p["permission"]) for p in permissions["permissions"]} == {
+        (experiment_id, "EDIT")
+    }
+    with_her_password = requests.post(
+        f"{second['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/runs/create",
+        json={"experiment_id": experiment_id},
+        auth=member,
+        verify=second["MLFLOW_TRACKING_SERVER_CERT_PATH"],
+        timeout=30,
+    )
+    assert with_her_password.status_code == 200, with_her_password.text
+    # The admin exists: its password no longer reaches the server.
+    state = json.loads((data_dir / "server.json").read_text())
+    processes = [psutil.Process(state["pid"]), *psutil.Process(state["pid"]).children(True)]
+    assert not [p for p in processes if "MLFLOW_AUTH_ADMIN_PASSWORD" in str(p.environ())]
+
+
+def as_admin(env: dict[str, str], method: str, endpoint: str, body: dict | None = None) -> dict:
+    response = requests.request(
+        method,
+        f"{env['MLFLOW_TRACKING_URI']}/api/{endpoint}",
+        json=body,
+        auth=(env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]),
+        verify=env["MLFLOW_TRACKING_SERVER_CERT_PATH"],
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 @pytest.mark.e2e
@@ -333,7 +289,14 @@ def test_cli_refuses_user_mistakes_with_status_2(
 
 
 def test_cli_help() -> None:
-    for command in ([], ["start"], ["stop"]):
+    for command in ([], ["start"], ["stop"], ["backup"], ["restore"], ["certificate"]):
         result = CliRunner().invoke(server, [*command, "-h"])
         assert result.exit_code == 0
         assert "Usage:" in result.output
+
+
+@pytest.mark.parametrize("inside", [".", "backups/monday", "docker/../b"])
+def test_a_backup_inside_the_checkout_is_refused(tmp_path: Path, inside: str) -> None:
+    with pytest.raises(ServerError, match="inside the checkout"):
+        backup(tmp_path, REPO / inside)
+    assert not (REPO / "backups").exists()

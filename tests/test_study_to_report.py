@@ -65,7 +65,7 @@ def test_patch_sweep_then_table1_on_sqlite(tracking_store, small_synthetic_dir):
 
 def test_patch_sweep_then_table1_on_the_team_server(server_env, small_synthetic_dir):
     """Credentials come only from MLFLOW_TRACKING_USERNAME/PASSWORD in the environment."""
-    assert server_env["MLFLOW_TRACKING_URI"].startswith("http://")
+    assert server_env["MLFLOW_TRACKING_URI"].startswith("https://")
     assert server_env["MLFLOW_TRACKING_PASSWORD"]
     experiment = server_env["MLFLOW_EXPERIMENT_NAME"]
     run_patch_sweep(small_synthetic_dir, experiment)

@@ -3,13 +3,15 @@
 `docker-compose.yml` runs the server image, whose entrypoint is `docker/mlflow-server.sh`; this
 module runs that same script against a PostgreSQL cluster it creates with `initdb`, so tests and
 users without Docker get the deployed configuration (PostgreSQL backend and auth stores, proxied
-artifacts, basic auth, allowed hosts), bound to the loopback interface.
+artifacts, the guarded basic auth, TLS, exact allowed hosts), bound to the loopback interface.
 
-A data folder holds everything, so stopping and starting on it keeps every run:
+A data folder (0700, owned by the service account, see `account`) holds everything, so stopping
+and starting on it keeps every run:
 
-    postgres/        the cluster, owned by the `postgres` user when started as root
+    postgres/        the cluster
     artifacts/       the proxied artifact store
-    secrets.json     generated passwords and key (mode 0600), reused by every start
+    secrets/         one 0600 file per generated secret, reused by every start
+    tls/             the generated CA and server certificate (0600)
     basic_auth.ini   written by mlflow-server.sh on every start
     postgres.log, mlflow.log
     server.json      pid and ports of the running server, absent once stopped
@@ -21,9 +23,10 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import socket
+import ssl
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +34,19 @@ from pathlib import Path
 import psutil
 
 from cifar_mlflow.reachability import healthy
-from cifar_mlflow.server.postgres import (
-    DB_USER,
-    HOST,
-    Postgres,
-    ServerError,
+from cifar_mlflow.server.account import (
+    Account,
+    hand_over,
+    server_python,
+    service_account,
     write_private,
 )
+from cifar_mlflow.server.postgres import DB_USER, HOST, Postgres, ServerError
+from cifar_mlflow.server.tls import CertificateFiles, ensure_certificate, install_certificate
 
 SERVER_SCRIPT = Path(__file__).resolve().parents[2] / "docker" / "mlflow-server.sh"
 ADMIN_USERNAME = "admin"
+SECRET_NAMES = ("postgres_password", "admin_password", "flask_secret_key")
 # Two uvicorn workers serve one person or a test session; the image keeps MLflow's four.
 WORKERS = 2
 START_TIMEOUT_S = 120.0
@@ -53,21 +59,45 @@ class TrackingServer:
 
     uri: str
     admin_username: str
-    admin_password: str
+    admin_password_file: Path
+    ca_file: Path
     data_dir: Path
+
+    @property
+    def admin_password(self) -> str:
+        return self.admin_password_file.read_text()
 
     @property
     def env(self) -> dict[str, str]:
         """The variables that point MLflow clients (and `mlflow run`) at this server as admin."""
         return {
             "MLFLOW_TRACKING_URI": self.uri,
+            "MLFLOW_TRACKING_SERVER_CERT_PATH": str(self.ca_file),
             "MLFLOW_TRACKING_USERNAME": self.admin_username,
             "MLFLOW_TRACKING_PASSWORD": self.admin_password,
         }
 
+    def shell_lines(self) -> list[str]:
+        """`export` lines for `eval`: the password is read from its 0600 file when they are
+        evaluated, so it is never printed."""
+        quoted_file = shlex.quote(str(self.admin_password_file))
+        return [
+            *(
+                f"export {name}={shlex.quote(value)}"
+                for name, value in self.env.items()
+                if name != "MLFLOW_TRACKING_PASSWORD"
+            ),
+            f'export MLFLOW_TRACKING_PASSWORD="$(cat {quoted_file})"',
+        ]
 
-def start(data_dir: Path, port: int = 5000) -> TrackingServer:
+
+def start(
+    data_dir: Path, port: int = 5000, operator_certificate: CertificateFiles | None = None
+) -> TrackingServer:
     """Start PostgreSQL and `mlflow server` from `data_dir`, creating the cluster on first use.
+
+    It serves HTTPS with `operator_certificate` (copied into the data folder), else with the
+    certificate of a CA generated for it on first use.
 
     Returns once the server answers; both keep running after this process exits.
     """
@@ -82,12 +112,20 @@ def start(data_dir: Path, port: int = 5000) -> TrackingServer:
             )
         state_file.unlink()
     _ensure_port_free(port)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    secret = _load_or_create_secrets(data_dir / "secrets.json")
-    postgres = Postgres(data_dir, secret["postgres_password"])
+    account = service_account()
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    secret_files = ensure_secrets(data_dir)
+    certificate = (
+        install_certificate(data_dir / "tls", operator_certificate)
+        if operator_certificate
+        else ensure_certificate(data_dir / "tls", [])
+    )
+    (data_dir / "artifacts").mkdir(mode=0o700, exist_ok=True)
+    hand_over(data_dir, account)
+    postgres = Postgres(data_dir, secret_files["postgres_password"].read_text(), account)
     try:
         postgres.start()
-        return _start_mlflow(data_dir, port, postgres.port, secret)
+        return _start_mlflow(data_dir, port, postgres.port, secret_files, certificate, account)
     except BaseException:
         postgres.stop()
         raise
@@ -97,7 +135,7 @@ def stop(data_dir: Path) -> None:
     """Stop the server started from `data_dir`, then its PostgreSQL cluster."""
     data_dir = data_dir.resolve()
     state_file = data_dir / "server.json"
-    postgres = Postgres(data_dir, password="")
+    postgres = Postgres(data_dir, password="", account=service_account())
     if not state_file.exists() and not postgres.running():
         raise ServerError(f"no server is running from {data_dir}")
     if state_file.exists():
@@ -108,30 +146,56 @@ def stop(data_dir: Path) -> None:
     postgres.stop()
 
 
+def ensure_secrets(data_dir: Path) -> dict[str, Path]:
+    """The secret files of `data_dir/secrets`, each generated (0600) when absent."""
+    folder = data_dir / "secrets"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    files = {name: folder / name for name in SECRET_NAMES}
+    for path in files.values():
+        if not path.exists():
+            write_private(path, secrets.token_urlsafe(32))
+    return files
+
+
 def _start_mlflow(
-    data_dir: Path, port: int, postgres_port: int, secret: dict[str, str]
+    data_dir: Path,
+    port: int,
+    postgres_port: int,
+    secret_files: dict[str, Path],
+    certificate: CertificateFiles,
+    account: Account,
 ) -> TrackingServer:
-    artifacts = data_dir / "artifacts"
-    artifacts.mkdir(exist_ok=True)
+    admin_created = data_dir / "secrets" / ".admin-created"
     env = {
         **os.environ,
-        # `mlflow` must be the one installed next to this interpreter, not any on PATH.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        # `python` must be the server's interpreter, not any on PATH.
+        "PATH": f"{server_python(account).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HOME": str(data_dir),
         "POSTGRES_HOST": HOST,
         "POSTGRES_PORT": str(postgres_port),
         "POSTGRES_USER": DB_USER,
-        "POSTGRES_PASSWORD": secret["postgres_password"],
+        "POSTGRES_PASSWORD_FILE": str(secret_files["postgres_password"]),
         "MLFLOW_HOST": HOST,
         "MLFLOW_PORT": str(port),
         "MLFLOW_WORKERS": str(WORKERS),
         "MLFLOW_ALLOWED_HOSTS": "",
-        "MLFLOW_ARTIFACTS_DESTINATION": str(artifacts),
+        "MLFLOW_ARTIFACTS_DESTINATION": str(data_dir / "artifacts"),
         "MLFLOW_AUTH_CONFIG_PATH": str(data_dir / "basic_auth.ini"),
         "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN_USERNAME,
-        "MLFLOW_AUTH_ADMIN_PASSWORD": secret["admin_password"],
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": secret["flask_secret_key"],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE": str(secret_files["flask_secret_key"]),
+        "MLFLOW_TLS_CERT_FILE": str(certificate.cert),
+        "MLFLOW_TLS_KEY_FILE": str(certificate.key),
+        "CIFAR_GUARD_STATE": str(data_dir / "login-throttle.sqlite"),
     }
+    for name in ("MLFLOW_AUTH_ADMIN_PASSWORD", "POSTGRES_PASSWORD", "PGPASSWORD"):
+        env.pop(name, None)
+    # The admin password reaches the server only to create the admin, on the first start.
+    if not admin_created.exists():
+        env["MLFLOW_AUTH_ADMIN_PASSWORD_FILE"] = str(secret_files["admin_password"])
     log_path = data_dir / "mlflow.log"
+    if not log_path.exists():
+        write_private(log_path, "")
+        os.chown(log_path, account.uid, account.gid)
     with log_path.open("ab") as log:
         # A session of its own keeps the server alive after this process and out of reach of a
         # Ctrl-C meant for the caller's terminal.
@@ -143,28 +207,39 @@ def _start_mlflow(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            user=account.uid,
+            group=account.gid,
+            extra_groups=[],
+            umask=0o077,
         )
-    uri = f"http://{HOST}:{port}"
+    uri = f"https://{HOST}:{port}"
     try:
-        _wait_until_healthy(process, uri, log_path)
+        _wait_until_healthy(process, uri, log_path, certificate.ca)
     except BaseException:
         if process.poll() is None:
             _terminate(psutil.Process(process.pid))
         raise
+    if not admin_created.exists():
+        write_private(admin_created, "")
     state = {
         "uri": uri,
         "pid": process.pid,
+        "postgres_port": postgres_port,
         # Together with the pid, the start time tells this server from a later process that
         # reuses its pid after a reboot.
         "create_time": psutil.Process(process.pid).create_time(),
     }
-    (data_dir / "server.json").write_text(json.dumps(state, indent=2))
-    return TrackingServer(uri, ADMIN_USERNAME, secret["admin_password"], data_dir)
+    state_file = data_dir / "server.json"
+    write_private(state_file, json.dumps(state, indent=2))
+    return TrackingServer(
+        uri, ADMIN_USERNAME, secret_files["admin_password"], certificate.ca, data_dir
+    )
 
 
-def _wait_until_healthy(process: subprocess.Popen, uri: str, log_path: Path) -> None:
+def _wait_until_healthy(process: subprocess.Popen, uri: str, log_path: Path, ca_file: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not healthy(uri):
+    context = ssl.create_default_context(cafile=str(ca_file))
+    while not healthy(uri, context):
         if process.poll() is not None:
             raise ServerError(
                 f"mlflow server exited during start-up: {_last_line(log_path)} (log: {log_path})"
@@ -172,17 +247,6 @@ def _wait_until_healthy(process: subprocess.Popen, uri: str, log_path: Path) -> 
         if time.monotonic() > deadline:
             raise ServerError(f"mlflow server did not answer within {START_TIMEOUT_S:.0f} s")
         time.sleep(0.5)
-
-
-def _load_or_create_secrets(path: Path) -> dict[str, str]:
-    if path.exists():
-        return json.loads(path.read_text())
-    secret = {
-        name: secrets.token_urlsafe(24)
-        for name in ("postgres_password", "admin_password", "flask_secret_key")
-    }
-    write_private(path, json.dumps(secret, indent=2))
-    return secret
 
 
 def _ensure_port_free(port: int) -> None:

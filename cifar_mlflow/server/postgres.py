@@ -1,26 +1,21 @@
 """A PostgreSQL cluster in a data folder, for the launcher: created, started, stopped.
 
-PostgreSQL refuses to run as root; as root the cluster belongs to the `postgres` user.
+The cluster runs as the launcher's service account (`account`), never as root.
 """
 
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import socket
 import subprocess
 from pathlib import Path
 
-from cifar_mlflow.errors import UserError
+from cifar_mlflow.server.account import Account, ServerError, write_private
 
 HOST = "127.0.0.1"
 DB_USER = "mlflow"
 POSTGRES_INIT_SQL = Path(__file__).resolve().parents[2] / "docker" / "postgres-init.sql"
-
-
-class ServerError(UserError):
-    """A server that cannot start or stop; its message is one line."""
 
 
 def free_port() -> int:
@@ -30,23 +25,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_private(path: Path, text: str) -> None:
-    # Created with mode 0600, so never readable by others, not even for an instant.
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
-        file.write(text)
-
-
 class Postgres:
-    """The cluster in `<data_dir>/postgres`, run as the `postgres` user when we are root."""
+    """The cluster in `<data_dir>/postgres`, run as `account`."""
 
-    def __init__(self, data_dir: Path, password: str) -> None:
+    def __init__(self, data_dir: Path, password: str, account: Account) -> None:
         self.cluster = data_dir / "postgres"
         self.log = data_dir / "postgres.log"
         self.password = password
         self.port = 0
         self.bin_dir = _postgres_bin_dir()
-        # PostgreSQL refuses to run as root, and CI runs as root.
-        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.account = account
+        self.as_user = account.switch
 
     def start(self) -> None:
         if not (self.cluster / "PG_VERSION").exists():
@@ -55,15 +44,16 @@ class Postgres:
         # No Unix socket: its path could exceed the 107-byte limit in a deep data folder, and
         # every client connects over TCP anyway.
         options = f"-p {self.port} -c listen_addresses={HOST} -c unix_socket_directories=''"
+        if not self.log.exists():
+            write_private(self.log, "")
+            os.chown(self.log, self.account.uid, self.account.gid)
         self._run_as_owner(
             "pg_ctl", "start", "-D", str(self.cluster), "-l", str(self.log), "-w", "-o", options
         )
         # Idempotent, so a start after an interrupted first start completes the set-up.
-        _run(
-            "psql",
-            [str(self.bin_dir / "psql"), "-h", HOST, "-p", str(self.port), "-U", DB_USER,
-             "-d", "postgres", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(POSTGRES_INIT_SQL)],
-            log=self.log, env={**os.environ, "PGPASSWORD": self.password},
+        self.client(
+            "psql", "-h", HOST, "-p", str(self.port), "-U", DB_USER, "-d", "postgres", "-q",
+            "-v", "ON_ERROR_STOP=1", "-f", str(POSTGRES_INIT_SQL),
         )  # fmt: skip
 
     def running(self) -> bool:
@@ -81,12 +71,12 @@ class Postgres:
 
     def _init_cluster(self) -> None:
         self.cluster.mkdir(mode=0o700, exist_ok=True)
+        os.chown(self.cluster, self.account.uid, self.account.gid)
         password_file = self.cluster.parent / ".initdb-password"
         password_file.unlink(missing_ok=True)  # left over by a killed first start
         write_private(password_file, self.password)
+        os.chown(password_file, self.account.uid, self.account.gid)
         try:
-            if self.as_user:
-                self._hand_to_postgres_user(password_file)
             self._run_as_owner(
                 "initdb", "-D", str(self.cluster), "-U", DB_USER, f"--pwfile={password_file}",
                 "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale",
@@ -94,24 +84,10 @@ class Postgres:
         finally:
             password_file.unlink()
 
-    def _hand_to_postgres_user(self, *files: Path) -> None:
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            raise ServerError(
-                "PostgreSQL refuses to run as root and there is no `postgres` user to run it as"
-            ) from None
-        data_dir = self.cluster.parent
-        # Search permission only, so that `postgres` can reach its cluster inside the folder.
-        data_dir.chmod(data_dir.stat().st_mode | 0o001)
-        if subprocess.run([*self.as_user, "test", "-x", str(data_dir)]).returncode != 0:
-            raise ServerError(
-                f"the postgres user cannot reach {data_dir}: choose a data folder outside "
-                "private directories such as /root"
-            )
-        self.log.touch()
-        for path in (self.cluster, self.log, *files):
-            os.chown(path, owner.pw_uid, owner.pw_gid)
+    def client(self, program: str, *args: str) -> None:
+        """Run a client program of this PostgreSQL version (psql, pg_dump, pg_restore)."""
+        _run(program, [str(self.bin_dir / program), *args], log=self.log,
+             env={**os.environ, "PGPASSWORD": self.password})  # fmt: skip
 
     def _run_as_owner(self, program: str, *args: str) -> None:
         _run(program, [*self.as_user, str(self.bin_dir / program), *args], log=self.log)
