@@ -6,44 +6,57 @@ import pickle
 import socket
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pytest
 import torch
 
-from cifar_mlflow import data
+from cifar_mlflow import cifar_pickle, data
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import CIFAR_FOLDER, CifarArrays, DataError
 
 BATCH_NAMES = [f"data_batch_{i}" for i in range(1, 6)]
 
 
-def write_cifar_folder(root: Path, per_batch: int = 60, test_size: int = 50, seed: int = 1) -> Path:
+def write_cifar_folder(
+    root: Path,
+    per_batch: int = 60,
+    test_size: int = 50,
+    seed: int = 1,
+    dump: Callable[[object, IO[bytes]], None] = cifar_pickle.dump_python2,
+    key: Callable[[str], str | bytes] = str,
+) -> Path:
     """A folder in CIFAR-10's python layout with random content (not the official files).
 
-    Written with pickle directly, as the official archive is: `data` rows are 3072 uint8
-    values (R plane, G plane, B plane), `labels` a list of ints.
+    By default in the official files' format: Python 2 pickles whose keys load as `bytes`
+    with `encoding="bytes"`; `data` rows are 3072 uint8 values (R plane, G plane, B plane),
+    `labels` a list of ints. `dump` and `key` write other variants of it.
     """
     rng = np.random.default_rng(seed)
     folder = root / CIFAR_FOLDER
     folder.mkdir(parents=True)
 
+    def write(name: str, content: dict) -> None:
+        with (folder / name).open("wb") as handle:
+            dump({key(field): value for field, value in content.items()}, handle)
+
     def batch(count: int) -> dict:
         return {
-            "batch_label": b"fixture",
+            "batch_label": "fixture",
             "data": rng.integers(0, 256, size=(count, 3072), dtype=np.uint8),
             "labels": rng.integers(0, 10, size=count).tolist(),
         }
 
     for name in BATCH_NAMES:
-        with (folder / name).open("wb") as handle:
-            pickle.dump(batch(per_batch), handle)
-    with (folder / "test_batch").open("wb") as handle:
-        pickle.dump(batch(test_size), handle)
+        write(name, batch(per_batch))
+    write("test_batch", batch(test_size))
     names = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    with (folder / "batches.meta").open("wb") as handle:
-        pickle.dump({"label_names": names, "num_cases_per_batch": per_batch}, handle)
+    write(
+        "batches.meta", {"label_names": [key(n) for n in names], "num_cases_per_batch": per_batch}
+    )
     return folder
 
 
@@ -94,10 +107,60 @@ def test_a_folder_in_the_cifar_layout_with_other_content_loads(tmp_path: Path) -
     assert arrays.source == str(folder.resolve())
     # Pixel order: the first 1024 values of a row are the red plane.
     with (folder / "data_batch_1").open("rb") as handle:
-        raw = pickle.load(handle)
-    np.testing.assert_array_equal(arrays.train_images[0, :, :, 0].ravel(), raw["data"][0, :1024])
-    np.testing.assert_array_equal(arrays.train_images[0, :, :, 2].ravel(), raw["data"][0, 2048:])
-    assert arrays.train_labels[:40].tolist() == raw["labels"]
+        raw = pickle.load(handle, encoding="bytes")
+    np.testing.assert_array_equal(arrays.train_images[0, :, :, 0].ravel(), raw[b"data"][0, :1024])
+    np.testing.assert_array_equal(arrays.train_images[0, :, :, 2].ravel(), raw[b"data"][0, 2048:])
+    assert arrays.train_labels[:40].tolist() == raw[b"labels"]
+
+
+def python3_pickle(content: object, handle: IO[bytes]) -> None:
+    pickle.dump(content, handle)
+
+
+def latin1_bytes(text: str) -> bytes:
+    return text.encode("latin1")
+
+
+@pytest.mark.parametrize(
+    ("dump", "key"),
+    [(cifar_pickle.dump_python2, str), (python3_pickle, str), (python3_pickle, latin1_bytes)],
+    ids=["official-python2", "python3-str-keys", "python3-bytes-keys"],
+)
+def test_the_official_format_and_python3_pickles_with_str_or_bytes_keys_load(
+    tmp_path: Path, dump, key
+) -> None:
+    folder = write_cifar_folder(tmp_path, per_batch=8, test_size=4, dump=dump, key=key)
+    arrays = data.read_cifar_folder(folder)
+    assert arrays.train_images.shape == (40, 32, 32, 3)
+    assert arrays.test_labels.shape == (4,)
+    assert arrays.class_names[:2] == ("plane", "car")
+    reference = data.read_cifar_folder(write_cifar_folder(tmp_path / "reference", 8, 4))
+    np.testing.assert_array_equal(arrays.train_images, reference.train_images)
+    assert arrays.digest() == reference.digest()
+
+
+@pytest.mark.parametrize("write", ["fixture", "synthetic"])
+def test_the_fixture_and_the_synthetic_set_are_python2_pickles_as_the_official_files(
+    tmp_path: Path, write: str
+) -> None:
+    if write == "fixture":
+        folder = write_cifar_folder(tmp_path, per_batch=4, test_size=4)
+    else:
+        folder = tmp_path / CIFAR_FOLDER
+        data.write_synthetic_cifar(folder, train_size=20, test_size=4)
+    for name in ("data_batch_1", "batches.meta"):
+        raw = (folder / name).read_bytes()
+        # Protocol 2; a Python 2 `str` key (SHORT_BINSTRING), not Python 3's unicode.
+        assert raw[:3] == b"\x80\x02}"
+        assert b"c_codecs" not in raw and b"numpy._core" not in raw
+        as_bytes = pickle.loads(raw, encoding="bytes")
+        as_text = pickle.loads(raw, encoding="latin1")
+        assert all(isinstance(k, bytes) for k in as_bytes)
+        assert all(isinstance(k, str) for k in as_text)
+    meta = pickle.loads((folder / "batches.meta").read_bytes(), encoding="bytes")
+    assert all(isinstance(name, bytes) for name in meta[b"label_names"])
+    batch = pickle.loads((folder / "data_batch_1").read_bytes(), encoding="bytes")
+    assert batch[b"data"].dtype == np.uint8 and batch[b"data"].shape[1] == 3072
 
 
 def test_digest_depends_on_the_content(tmp_path: Path) -> None:
