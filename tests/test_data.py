@@ -370,3 +370,27 @@ def test_augment_is_per_sample_not_per_batch() -> None:
     out = data.augment(images, seeded(0))
     distinct = {tuple(row.round(decimals=4).tolist()) for row in out[:, 0, 16, :]}
     assert len(distinct) > 16
+
+
+def test_the_data_command_generates_the_synthetic_set_once_and_describes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture, offline: list[str]
+) -> None:
+    from cifar_mlflow.cli import main
+
+    lines = []
+    for _ in range(2):  # generated, then read as it is
+        with pytest.raises(SystemExit) as exited:
+            main(["data", "--dataset", "synthetic", "--data-dir", str(tmp_path)])
+        assert exited.value.code == 0
+        lines.append(capsys.readouterr().out)
+    folder = tmp_path / "synthetic" / CIFAR_FOLDER
+    arrays = data.read_cifar_folder(folder, name="synthetic")
+    assert (
+        lines[0]
+        == lines[1]
+        == (
+            f"synthetic: 5000 training and 1000 test images in {folder.resolve()} "
+            f"(digest {arrays.digest()})\n"
+        )
+    )
+    assert offline == []
