@@ -1,9 +1,10 @@
 """CIFAR-10 as tensors on the training device, with batched augmentation (airbench-style).
 
-The on-disk format is CIFAR-10's python layout (`cifar-10-batches-py/`). It is read with
-`pickle` directly rather than through `torchvision.datasets.CIFAR10`, which insists on the
-official checksums: a folder in the same layout with other content (a test fixture, the
-synthetic set) must load too. torchvision is only used to download the archive.
+The on-disk format is CIFAR-10's python layout (`cifar-10-batches-py/`: Python 2 pickles, see
+`cifar_pickle`). It is read with `pickle` directly rather than through
+`torchvision.datasets.CIFAR10`, which insists on the official checksums: a folder in the same
+layout with other content (a test fixture, the synthetic set) must load too. torchvision is
+only used to download the archive.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cifar_mlflow import cifar_pickle
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.errors import UserError
 
@@ -126,7 +128,7 @@ def read_cifar_folder(folder: Path, name: str = "cifar10") -> CifarArrays:
     meta_path = folder / "batches.meta"
     class_names = CLASS_NAMES
     if meta_path.exists():
-        class_names = tuple(_unpickle(meta_path)["label_names"])
+        class_names = tuple(map(cifar_pickle.as_text, _unpickle(meta_path)["label_names"]))
     return CifarArrays(
         name=name,
         source=str(folder.resolve()),
@@ -141,7 +143,7 @@ def read_cifar_folder(folder: Path, name: str = "cifar10") -> CifarArrays:
 def _unpickle(path: Path) -> dict:
     try:
         with path.open("rb") as handle:
-            return pickle.load(handle, encoding="latin1")
+            return cifar_pickle.load(handle)
     except (OSError, pickle.UnpicklingError, EOFError) as error:
         raise DataError(f"cannot read {path}: {error}") from None
 
@@ -243,14 +245,14 @@ def _write_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
 
 
 def _write_pickle(path: Path, content: object) -> None:
-    """Pickle `content` to `path` in one step.
+    """Pickle `content` to `path` in one step, as the official files are.
 
     Parallel trials (Ray) may generate the same set at once: a reader sees a whole file or
     none, and each writer replaces it with the same content.
     """
     partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
     with partial.open("wb") as handle:
-        pickle.dump(content, handle)
+        cifar_pickle.dump_python2(content, handle)
     os.replace(partial, path)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from matplotlib.colors import to_rgba
 from mlflow import MlflowClient
 
 from analysis import figures, report, table1
+from analysis.plots import PANELS
 from analysis.query import Tracking
 from cifar_mlflow import schema
 from cifar_mlflow.studies import load_study
@@ -119,11 +122,40 @@ def test_figures_of_the_lr_study_one_line_per_learning_rate_logged_to_the_parent
     assert artifact.read_bytes() == png.read_bytes()
 
 
-def test_figures_with_two_seeds_draw_a_band(client, experiment_id, clock, tmp_path):
-    fake_runs.log_sweep(client, experiment_id, "activation", clock, seeds=2, epochs=3)
+def band_limits(band) -> dict[float, tuple[float, float]]:
+    """Lower and upper edge of a `fill_between` band at each x it spans."""
+    edges: dict[float, list[float]] = {}
+    for x, y in band.get_paths()[0].vertices:
+        edges.setdefault(float(x), []).append(float(y))
+    return {x: (min(ys), max(ys)) for x, ys in edges.items()}
+
+
+def test_figures_with_two_seeds_draw_each_settings_mean_and_min_max_band(
+    client, experiment_id, clock, tmp_path
+):
+    sweep = fake_runs.log_sweep(client, experiment_id, "activation", clock, seeds=2, epochs=3)
     built, _ = figures.write_study_figures("activation", tmp_path)
-    for ax in built.curves.get_axes():
-        assert len(ax.get_lines()) == 3 and len(ax.collections) == 3
+    seeds_of: dict[str, list[str]] = {}
+    for run_id in sweep.trials.values():
+        activation = client.get_run(run_id).data.params["activation"]
+        seeds_of.setdefault(f"activation = {activation}", []).append(run_id)
+    assert sorted(len(runs) for runs in seeds_of.values()) == [2, 2, 2]
+    for ax, (metric, _, scale) in zip(built.curves.get_axes(), PANELS, strict=True):
+        lines, bands = ax.get_lines(), ax.collections
+        assert len(lines) == len(bands) == 3
+        for line, band in zip(lines, bands, strict=True):
+            assert to_rgba(line.get_color()) == to_rgba(band.get_facecolor()[0], alpha=1)
+            per_seed = [
+                {m.step: m.value * scale for m in client.get_metric_history(run_id, metric)}
+                for run_id in seeds_of[line.get_label()]
+            ]
+            steps = sorted(per_seed[0])
+            assert steps == [1, 2, 3] and list(line.get_xdata()) == steps
+            values = [[seed[step] for seed in per_seed] for step in steps]
+            assert list(line.get_ydata()) == pytest.approx([statistics.mean(v) for v in values])
+            limits = band_limits(band)
+            assert [limits[step][0] for step in steps] == pytest.approx([min(v) for v in values])
+            assert [limits[step][1] for step in steps] == pytest.approx([max(v) for v in values])
 
 
 def test_best_study_figures_are_the_best_runs_curves_and_weights(

@@ -6,44 +6,57 @@ import pickle
 import socket
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pytest
 import torch
 
-from cifar_mlflow import data
+from cifar_mlflow import cifar_pickle, data
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import CIFAR_FOLDER, CifarArrays, DataError
 
 BATCH_NAMES = [f"data_batch_{i}" for i in range(1, 6)]
 
 
-def write_cifar_folder(root: Path, per_batch: int = 60, test_size: int = 50, seed: int = 1) -> Path:
+def write_cifar_folder(
+    root: Path,
+    per_batch: int = 60,
+    test_size: int = 50,
+    seed: int = 1,
+    dump: Callable[[object, IO[bytes]], None] = cifar_pickle.dump_python2,
+    key: Callable[[str], str | bytes] = str,
+) -> Path:
     """A folder in CIFAR-10's python layout with random content (not the official files).
 
-    Written with pickle directly, as the official archive is: `data` rows are 3072 uint8
-    values (R plane, G plane, B plane), `labels` a list of ints.
+    By default in the official files' format: Python 2 pickles whose keys load as `bytes`
+    with `encoding="bytes"`; `data` rows are 3072 uint8 values (R plane, G plane, B plane),
+    `labels` a list of ints. `dump` and `key` write other variants of it.
     """
     rng = np.random.default_rng(seed)
     folder = root / CIFAR_FOLDER
     folder.mkdir(parents=True)
 
+    def write(name: str, content: dict) -> None:
+        with (folder / name).open("wb") as handle:
+            dump({key(field): value for field, value in content.items()}, handle)
+
     def batch(count: int) -> dict:
         return {
-            "batch_label": b"fixture",
+            "batch_label": "fixture",
             "data": rng.integers(0, 256, size=(count, 3072), dtype=np.uint8),
             "labels": rng.integers(0, 10, size=count).tolist(),
         }
 
     for name in BATCH_NAMES:
-        with (folder / name).open("wb") as handle:
-            pickle.dump(batch(per_batch), handle)
-    with (folder / "test_batch").open("wb") as handle:
-        pickle.dump(batch(test_size), handle)
+        write(name, batch(per_batch))
+    write("test_batch", batch(test_size))
     names = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    with (folder / "batches.meta").open("wb") as handle:
-        pickle.dump({"label_names": names, "num_cases_per_batch": per_batch}, handle)
+    write(
+        "batches.meta", {"label_names": [key(n) for n in names], "num_cases_per_batch": per_batch}
+    )
     return folder
 
 
@@ -94,10 +107,10 @@ def test_a_folder_in_the_cifar_layout_with_other_content_loads(tmp_path: Path) -
     assert arrays.source == str(folder.resolve())
     # Pixel order: the first 1024 values of a row are the red plane.
     with (folder / "data_batch_1").open("rb") as handle:
-        raw = pickle.load(handle)
-    np.testing.assert_array_equal(arrays.train_images[0, :, :, 0].ravel(), raw["data"][0, :1024])
-    np.testing.assert_array_equal(arrays.train_images[0, :, :, 2].ravel(), raw["data"][0, 2048:])
-    assert arrays.train_labels[:40].tolist() == raw["labels"]
+        raw = pickle.load(handle, encoding="bytes")
+    np.testing.assert_array_equal(arrays.train_images[0, :, :, 0].ravel(), raw[b"data"][0, :1024])
+    np.testing.assert_array_equal(arrays.train_images[0, :, :, 2].ravel(), raw[b"data"][0, 2048:])
+    assert arrays.train_labels[:40].tolist() == raw[b"labels"]
 
 
 def test_digest_depends_on_the_content(tmp_path: Path) -> None:
@@ -307,3 +320,27 @@ def test_augment_is_per_sample_not_per_batch() -> None:
     out = data.augment(images, seeded(0))
     distinct = {tuple(row.round(decimals=4).tolist()) for row in out[:, 0, 16, :]}
     assert len(distinct) > 16
+
+
+def test_the_data_command_generates_the_synthetic_set_once_and_describes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture, offline: list[str]
+) -> None:
+    from cifar_mlflow.cli import main
+
+    lines = []
+    for _ in range(2):  # generated, then read as it is
+        with pytest.raises(SystemExit) as exited:
+            main(["data", "--dataset", "synthetic", "--data-dir", str(tmp_path)])
+        assert exited.value.code == 0
+        lines.append(capsys.readouterr().out)
+    folder = tmp_path / "synthetic" / CIFAR_FOLDER
+    arrays = data.read_cifar_folder(folder, name="synthetic")
+    assert (
+        lines[0]
+        == lines[1]
+        == (
+            f"synthetic: 5000 training and 1000 test images in {folder.resolve()} "
+            f"(digest {arrays.digest()})\n"
+        )
+    )
+    assert offline == []

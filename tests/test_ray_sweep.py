@@ -17,11 +17,16 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 from mlflow import MlflowClient
 
 from cifar_mlflow import schema
 from cifar_mlflow.cli import main
+from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.sweeps import ray_executor
 from cifar_mlflow.sweeps.ray_executor import is_local_address, is_local_store
+from cifar_mlflow.sweeps.ray_options import RayOptions
+from cifar_mlflow.sweeps.trials import Trial
 from tests.test_sweep import SMALL, folders, mlflow_run_sweep, parents_and_children
 
 # The sweep benchmarks/ray_sweep.py times: four trials of a narrow Mixer, seconds each here.
@@ -226,3 +231,45 @@ def test_which_ray_addresses_are_this_machine(address, local):
 )
 def test_which_tracking_stores_only_this_machine_reaches(uri, local):
     assert is_local_store(uri) is local
+
+
+class Dispatched(Exception):
+    pass
+
+
+class RecordingTask:
+    """Stands for the `train_trial` task: records what the executor asks of Ray."""
+
+    def __init__(self) -> None:
+        self.options_given: dict = {}
+
+    def options(self, **options) -> RecordingTask:
+        self.options_given = options
+        return self
+
+    def remote(self, *args) -> None:
+        raise Dispatched(*args)
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(2.0, 2), (0.5, 1)])
+def test_cpus_per_trial_sets_the_trials_torch_threads(monkeypatch, cpus, threads):
+    # The executor reserves the CPUs and hands the task their number of threads...
+    train_trial, task = ray_executor.train_trial, RecordingTask()
+    monkeypatch.setattr(ray_executor, "train_trial", task)
+    executor = ray_executor.RayExecutor(RayOptions(cpus_per_trial=cpus), {})
+    with pytest.raises(Dispatched) as dispatched:
+        next(executor.run([Trial(1, TrainConfig(), "[1/1]")], parent=None, study_name="s"))
+    assert task.options_given["num_cpus"] == cpus
+    # ...and the task trains with that many torch threads.
+    during_training = []
+    monkeypatch.setattr(ray_executor, "use_worker_environment", lambda env: None)
+    monkeypatch.setattr(ray_executor, "load_arrays", lambda config: None)
+    monkeypatch.setattr(
+        ray_executor, "run_trial", lambda *args: during_training.append(torch.get_num_threads())
+    )
+    before = torch.get_num_threads()
+    try:
+        train_trial._function(*dispatched.value.args)
+    finally:
+        torch.set_num_threads(before)
+    assert during_training == [threads]

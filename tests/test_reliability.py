@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -14,7 +16,7 @@ import torch
 from mlflow import MlflowClient
 
 from cifar_mlflow import schema
-from cifar_mlflow.checkpoint import checkpoint_path
+from cifar_mlflow.checkpoint import checkpoint_path, load_checkpoint
 from cifar_mlflow.server import launcher
 from cifar_mlflow.server.postgres import free_port
 
@@ -118,12 +120,48 @@ def test_sigterm_leaves_the_run_killed_and_resumable(tracking_store, tmp_path):
     assert points_per_epoch(run.info.run_id)["train_loss"] == [1, 2, 3, 4]
 
 
-def test_a_killed_sweep_run_again_finishes_without_a_duplicate_trial(tracking_store, tmp_path):
+def trial_run_id(activation: str) -> str | None:
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("cifar10")
+    if experiment is None:
+        return None
+    trial = f"tags.{schema.TAG_ROLE} = '{schema.ROLE_TRIAL}' and params.activation = '{activation}'"
+    runs = client.search_runs([experiment.experiment_id], trial)
+    return runs[0].info.run_id if runs else None
+
+
+def wait_for_checkpoint(process: subprocess.Popen, checkpoint_dir: Path, activation: str) -> Path:
+    """The checkpoint of the trial with `activation`, as soon as it is on disk (polled)."""
+    path = None
+    while process.poll() is None:
+        if path is None:
+            run_id = trial_run_id(activation)  # its params are logged before its first epoch
+            path = checkpoint_path(checkpoint_dir, run_id) if run_id else None
+            time.sleep(0.2)  # queries compete with the sweep for the store and the CPUs
+        elif path.exists():
+            return path
+        else:
+            time.sleep(0.01)
+    raise AssertionError(f"the sweep ended before the {activation} trial's checkpoint was seen")
+
+
+def test_a_killed_sweep_run_again_continues_the_trial_from_its_checkpoint(tracking_store, tmp_path):
     sweep = ["sweep", "--study", "activation", "--dataset", "synthetic", "--epochs", "3"]
     sweep += ["--train-size", "2000", "--data-dir", str(tmp_path / "data")]
     sweep += ["--checkpoint-dir", str(tmp_path / "ck")]
-    process = start_cli(*sweep)
-    stop_after(process, "[2/3] mlp-acttanh-seed42 epoch 1/3", signal.SIGKILL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cifar_mlflow", *sweep],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        checkpoint = wait_for_checkpoint(process, tmp_path / "ck", "tanh")
+    finally:
+        process.kill()
+        process.wait()
+    trained_before = load_checkpoint(checkpoint).epoch
+    assert trained_before < 3  # killed while the trial was training
+
     again = run_cli(*sweep)
     assert again.returncode == 0, again.stderr[-2000:]
     client = MlflowClient()
@@ -132,7 +170,13 @@ def test_a_killed_sweep_run_again_finishes_without_a_duplicate_trial(tracking_st
     assert sorted(r.data.params["activation"] for r in trials) == ["relu", "sigmoid", "tanh"]
     assert {r.info.status for r in trials} == {"FINISHED"}
     continued = next(r for r in trials if r.data.params["activation"] == "tanh")
+    assert continued.info.run_id == checkpoint.parent.name
     assert points_per_epoch(continued.info.run_id)["valid_acc"] == [1, 2, 3]
+    # The second process trained only the epochs after the checkpoint.
+    label = "mlp-acttanh-seed42"
+    assert f"{label}: resumed after epoch {trained_before}" in again.stderr
+    trained_again = re.findall(rf"{label} epoch (\d+)/3", again.stderr)
+    assert trained_again == [str(e) for e in range(trained_before + 1, 4)], again.stderr
 
 
 def test_a_diverging_loss_ends_the_run_failed_with_the_reason(tracking_store, tmp_path):

@@ -26,11 +26,14 @@ from click.testing import CliRunner
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from cifar_mlflow.schema import EPOCH_METRICS
+from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.schema import EPOCH_METRICS, EpochMetrics
 from cifar_mlflow.server.backup import backup
 from cifar_mlflow.server.cli import server
 from cifar_mlflow.server.launcher import TrackingServer
 from cifar_mlflow.server.postgres import ServerError, free_port
+from cifar_mlflow.tracking.callback import MlflowCallback
+from cifar_mlflow.tracking.runs import training_run
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -106,17 +109,20 @@ def test_a_reader_cannot_create_runs(server_env: dict[str, str]) -> None:
     assert MlflowClient().search_runs([experiment_id]) == []
 
 
-def log_epochs(
-    experiment_id: str, worker: int, barrier: multiprocessing.synchronize.Barrier
-) -> None:
-    """One training process: a run, then one batched call per epoch, like `cifar_mlflow`."""
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"worker-{worker}"):
+def log_epochs(experiment: str, worker: int, barrier: multiprocessing.synchronize.Barrier) -> None:
+    """One training process: a run whose epochs go through the project's own logging path.
+
+    `training_run` starts the run as training does; `MlflowCallback.on_epoch_end` queues one
+    batched request per epoch for MLflow's background thread; ending the run drains the queue.
+    """
+    with training_run(TrainConfig(seed=worker), experiment=experiment) as run:
+        tracker = MlflowCallback(
+            run, TrainConfig(), arrays=None, study="none", env=None, input_example=None
+        )
         barrier.wait(timeout=120)
         for epoch in range(1, EPOCHS + 1):
-            mlflow.log_metrics(
-                {name: expected(worker, epoch, i) for i, name in enumerate(EPOCH_METRICS)},
-                step=epoch,
-            )
+            values = {name: expected(worker, epoch, i) for i, name in enumerate(EPOCH_METRICS)}
+            tracker.on_epoch_end(EpochMetrics(epoch=epoch, **values))
 
 
 def expected(worker: int, epoch: int, metric: int) -> float:
@@ -126,12 +132,13 @@ def expected(worker: int, epoch: int, metric: int) -> float:
 @pytest.mark.e2e
 def test_concurrent_processes_lose_no_metric(server_env: dict[str, str]) -> None:
     client = MlflowClient()
-    experiment_id = client.create_experiment(server_env["MLFLOW_EXPERIMENT_NAME"])
+    experiment = server_env["MLFLOW_EXPERIMENT_NAME"]
+    experiment_id = client.create_experiment(experiment)
     # Spawned, not forked: each worker is a fresh interpreter, like a sweep's trials.
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(WORKERS)
     workers = [
-        context.Process(target=log_epochs, args=(experiment_id, worker, barrier))
+        context.Process(target=log_epochs, args=(experiment, worker, barrier))
         for worker in range(WORKERS)
     ]
     try:
@@ -146,9 +153,10 @@ def test_concurrent_processes_lose_no_metric(server_env: dict[str, str]) -> None
     assert [process.exitcode for process in workers] == [0] * WORKERS
 
     runs = client.search_runs([experiment_id])
-    assert sorted(run.info.run_name for run in runs) == [f"worker-{i}" for i in range(WORKERS)]
+    names = [TrainConfig(seed=worker).run_name() for worker in range(WORKERS)]
+    assert sorted(run.info.run_name for run in runs) == sorted(names)
     for run in runs:
-        worker = int(run.info.run_name.split("-")[1])
+        worker = names.index(run.info.run_name)
         assert run.info.status == "FINISHED"
         for i, name in enumerate(EPOCH_METRICS):
             history = client.get_metric_history(run.info.run_id, name)
