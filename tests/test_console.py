@@ -5,12 +5,17 @@ test in this process would not see."""
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from cifar_mlflow import console
+from cifar_mlflow.cli import main
 from tests.test_sweep import folders
 
 MLFLOW_LOG_LINE = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (INFO|WARNING) mlflow\.", re.M)
@@ -46,3 +51,53 @@ def test_verbose_shows_mlflow_own_lines(tracking_store, small_synthetic_dir):
     assert done.returncode == 0, done.stderr
     assert MONITOR_STARTED in done.stderr and PICKLE_WARNING in done.stderr
 
+
+@pytest.fixture
+def ray_workers_at_info(tracking_store) -> Iterator[Path]:
+    """A Ray instance whose workers start with MLflow at INFO, as on a cluster whose machines
+    have an environment of their own; yields its log folder (the workers' stderr)."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("this process is connected to another Ray instance")
+    context = ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": {"MLFLOW_LOGGING_LEVEL": "INFO"}},
+    )
+    yield Path(context.address_info["session_dir"]) / "logs"
+    ray.shutdown()
+
+
+def worker_output(logs: Path) -> dict[Path, str]:
+    return {path: path.read_text(errors="replace") for path in logs.glob("worker-*.err")}
+
+
+def ray_sweep(*args: str, data_dir: Path, study: Path) -> int:
+    """A Ray sweep in this process, on its Ray instance: the exit status."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            ["sweep", *args, "--study", str(study), "--executor", "ray", *TINY, *folders(data_dir)]
+        )
+    return exit_info.value.code
+
+
+@pytest.mark.e2e
+def test_ray_trials_log_as_quietly_as_the_sweep(
+    ray_workers_at_info, small_synthetic_dir, tmp_path, monkeypatch
+):
+    monkeypatch.delenv(console.LOGGING_LEVEL_VARIABLE, raising=False)  # restored afterwards
+    study = tmp_path / "two.yaml"
+    study.write_text(TWO_TRIALS)
+    assert ray_sweep(data_dir=small_synthetic_dir, study=study) == 0
+    quiet = worker_output(ray_workers_at_info)
+    assert "epoch 1/1" in "".join(quiet.values())  # the trials' own lines are there
+    assert MLFLOW_LOG_LINE.findall("".join(quiet.values())) == []
+
+    study.write_text(TWO_TRIALS.replace("0.01", "0.1"))  # one new trial
+    assert ray_sweep("-v", data_dir=small_synthetic_dir, study=study) == 0
+    verbose = {
+        path: text[len(quiet.get(path, "")) :]
+        for path, text in worker_output(ray_workers_at_info).items()
+    }
+    assert MONITOR_STARTED in "".join(verbose.values())
