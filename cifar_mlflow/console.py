@@ -47,9 +47,10 @@ _EXPECTED_WARNINGS_FILTER = _ExpectedWarnings()
 
 
 def set_verbosity(verbose: bool) -> None:
-    """MLflow's INFO lines and expected warnings shown (`verbose`) or hidden."""
-    level = "INFO" if verbose else "WARNING"
-    os.environ[LOGGING_LEVEL_VARIABLE] = level
+    """MLflow's INFO lines and expected warnings shown with `verbose`; otherwise the level
+    MLFLOW_LOGGING_LEVEL names (the way to ask for them under `mlflow run`), WARNING if unset."""
+    if verbose:
+        os.environ[LOGGING_LEVEL_VARIABLE] = "INFO"
     apply_logging_level()
 
 

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from cifar_mlflow.cli import main as cifar_main
 from cifar_mlflow.data import CIFAR_FOLDER, TRAIN_BATCHES, write_synthetic_cifar
 from cifar_mlflow.environment import available_devices
+from cifar_mlflow.tracking.client import CLIENT_CREDENTIAL_VARIABLES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -60,6 +61,8 @@ def invoke(command: str) -> int:
     mp = pytest.MonkeyPatch()
     for name, value in env.items():
         mp.setenv(name, value)
+    for name in CLIENT_CREDENTIAL_VARIABLES:  # a URI's credentials end up there: restored after
+        mp.delenv(name, raising=False)
     try:
         if module == "cifar_mlflow":
             cifar_main(args)

@@ -5,7 +5,9 @@ test in this process would not see."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -26,9 +28,10 @@ TWO_TRIALS = "model: mlp\ngrid:\n  lr: [0.01, 0.001]\n"
 
 
 def cifar_mlflow(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cifar_mlflow", *args], capture_output=True, text=True, check=False
-    )
+    """`python -m cifar_mlflow ARGS` as a user runs it, without a logging level of its own."""
+    env = {k: v for k, v in os.environ.items() if k != console.LOGGING_LEVEL_VARIABLE}
+    command = [sys.executable, "-m", "cifar_mlflow", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=False, env=env)
 
 
 @pytest.mark.e2e
@@ -101,3 +104,22 @@ def test_ray_trials_log_as_quietly_as_the_sweep(
         for path, text in worker_output(ray_workers_at_info).items()
     }
     assert MONITOR_STARTED in "".join(verbose.values())
+
+
+@pytest.mark.parametrize(
+    ("variable", "verbose", "level"),
+    [(None, False, "WARNING"), ("INFO", False, "INFO"), (None, True, "INFO")],
+)
+def test_the_level_is_the_flag_else_mlflow_logging_level_else_warning(
+    monkeypatch, request, variable, verbose, level
+):
+    # MLFLOW_LOGGING_LEVEL is how a user asks for MLflow's lines under `mlflow run`.
+    mlflow_logger = logging.getLogger("mlflow")
+    request.addfinalizer(functools.partial(mlflow_logger.setLevel, mlflow_logger.level))
+    if variable is None:
+        monkeypatch.delenv(console.LOGGING_LEVEL_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(console.LOGGING_LEVEL_VARIABLE, variable)
+    with pytest.raises(SystemExit):
+        console.command()(lambda: None).main([*(["-v"] if verbose else [])])
+    assert logging.getLevelName(mlflow_logger.getEffectiveLevel()) == level
