@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import mlflow
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -38,10 +37,6 @@ def test_mlflow_is_pinned_to_the_server_image_version() -> None:
     assert str(requirement(PROJECT["dependencies"], "mlflow").specifier) == pin
     server_extra = requirement(PROJECT["optional-dependencies"]["server"], "mlflow")
     assert str(server_extra.specifier) == pin and server_extra.extras == {"auth"}
-
-
-def test_the_suite_runs_on_the_pinned_mlflow() -> None:
-    assert mlflow.__version__ == image_pin("mlflow")
 
 
 def test_conda_env_lists_the_same_runtime_dependencies_as_pyproject() -> None:
