@@ -3,7 +3,9 @@
 Every command of the project (training, sweeps, the server, the analysis) is a `Command` or
 `Group` from here, so a user error is reported the same way everywhere: `Error: <one line>` on
 stderr and exit status 2, never a traceback. By default MLflow's own INFO lines (system-metrics
-monitor started and stopped, and the like) are hidden; `-v/--verbose` on any command shows them.
+monitor started and stopped, and the like) and its pickle warning are hidden; `-v/--verbose` on
+any command shows them. Credentials in MLFLOW_TRACKING_URI are moved out of it before anything
+runs, so that no line of the project or of MLflow can print them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, NoReturn
 import click
 
 from cifar_mlflow.errors import TrainingError, UserError
+from cifar_mlflow.reachability import move_uri_credentials_to_environment
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_USER_ERROR = 2
@@ -25,8 +28,14 @@ EXIT_TRAINING_FAILED = 1
 EXIT_INTERRUPTED = 130
 # MLflow reads it when it is imported and when it configures a new process (Ray workers).
 LOGGING_LEVEL_VARIABLE = "MLFLOW_LOGGING_LEVEL"
+# MLflow prints "View run … at: URL" on stdout whenever a run on a server ends: a second link
+# beside the project's own, on every trial, and the URI as given, credentials included.
+RUN_LINKS_VARIABLE = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 # MLflow warns on every pickled model; this project chose pickle on purpose (see log_model).
 EXPECTED_WARNINGS = ("Saving pytorch model by Pickle or CloudPickle format",)
+# The filter sits on the logger that emits the warning, not on a handler: MLflow replaces its
+# handlers whenever it is imported, which in this project happens after the options are read.
+EXPECTED_WARNINGS_LOGGER = "mlflow.pytorch"
 
 
 class _ExpectedWarnings(logging.Filter):
@@ -38,22 +47,34 @@ _EXPECTED_WARNINGS_FILTER = _ExpectedWarnings()
 
 
 def set_verbosity(verbose: bool) -> None:
-    """MLflow's INFO lines and expected warnings shown (`verbose`) or hidden."""
-    level = "INFO" if verbose else "WARNING"
-    os.environ[LOGGING_LEVEL_VARIABLE] = level
+    """MLflow's INFO lines and expected warnings shown with `verbose`; otherwise the level
+    MLFLOW_LOGGING_LEVEL names (the way to ask for them under `mlflow run`), WARNING if unset."""
+    if verbose:
+        os.environ[LOGGING_LEVEL_VARIABLE] = "INFO"
     apply_logging_level()
 
 
 def apply_logging_level() -> None:
-    """Apply `MLFLOW_LOGGING_LEVEL` to loggers MLflow configured already (this process)."""
+    """Apply `MLFLOW_LOGGING_LEVEL` to MLflow's loggers, whether MLflow is imported yet or not.
+
+    A Ray task calls it too: its worker imported MLflow with the worker's own environment.
+    """
     level = os.environ.get(LOGGING_LEVEL_VARIABLE, "WARNING").upper()
-    mlflow_logger = logging.getLogger("mlflow")
-    mlflow_logger.setLevel(level)
-    for handler in mlflow_logger.handlers:
-        if level == "INFO":
-            handler.removeFilter(_EXPECTED_WARNINGS_FILTER)
-        else:
-            handler.addFilter(_EXPECTED_WARNINGS_FILTER)
+    logging.getLogger("mlflow").setLevel(level)
+    emitter = logging.getLogger(EXPECTED_WARNINGS_LOGGER)
+    if logging.getLevelName(level) < logging.WARNING:
+        emitter.removeFilter(_EXPECTED_WARNINGS_FILTER)
+    else:
+        emitter.addFilter(_EXPECTED_WARNINGS_FILTER)
+
+
+def worker_settings() -> dict[str, str]:
+    """This console's settings, for a worker process to apply with `apply_logging_level`."""
+    return {
+        name: os.environ[name]
+        for name in (LOGGING_LEVEL_VARIABLE, RUN_LINKS_VARIABLE)
+        if name in os.environ
+    }
 
 
 def _verbose_callback(ctx: click.Context, param: click.Parameter, verbose: bool) -> None:
@@ -90,6 +111,8 @@ class _OneLineErrors:
         # SIGTERM is handled like Ctrl-C: a run ends KILLED and keeps its checkpoint.
         signal.signal(signal.SIGTERM, _interrupt)
         os.environ.setdefault(LOGGING_LEVEL_VARIABLE, "WARNING")
+        os.environ[RUN_LINKS_VARIABLE] = "true"
+        move_uri_credentials_to_environment()
         try:
             status = super().main(args, prog_name, standalone_mode=False, **extra)  # type: ignore[misc]
         except click.UsageError as error:

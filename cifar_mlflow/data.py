@@ -109,7 +109,13 @@ def load_arrays(config: TrainConfig) -> CifarArrays:
     folder = dataset_folder(config)
     if not (folder / "test_batch").exists():
         if config.dataset == "synthetic":
-            write_synthetic_cifar(folder)
+            try:
+                write_synthetic_cifar(folder)
+            except OSError as error:
+                raise DataError(
+                    f"data_dir {config.data_dir!r} cannot hold the synthetic data set "
+                    f"({error.strerror or error}); give a folder this user may write"
+                ) from None
         else:
             download_cifar(folder)
     return read_cifar_folder(folder, name=config.dataset)

@@ -1,8 +1,9 @@
 """Where and how a configuration runs: device, precision, memory format, batching.
 
 `check_machine` is the edge check for what the configuration asks of this machine (a device
-that is absent, a checkpoint folder that cannot be written): it fails in one line before any
-run exists. `environment_for` then picks the fastest known way to run on that device.
+that is absent, bf16 on a GPU without it, a checkpoint folder that cannot be written): it fails
+in one line before any run exists. `environment_for` then picks the fastest known way to run
+on that device.
 """
 
 from __future__ import annotations
@@ -85,14 +86,23 @@ def resolve_device(name: str) -> torch.device:
 def check_machine(config: TrainConfig) -> None:
     """Refuse, in one line, what `config` asks of this machine that it cannot do.
 
-    Without this, an absent device or an unwritable checkpoint folder fails only once the run
-    exists, with a traceback.
+    Without this, an absent device, bf16 on a GPU without bf16 or an unwritable checkpoint
+    folder fails only once the run exists, with a traceback.
     """
     available = available_devices()
     if config.device != "auto" and config.device not in available:
         raise ConfigError(
             f"device {config.device!r} is not available on this machine; "
             f"available: auto | {' | '.join(available)}"
+        )
+    if (
+        config.precision == "bf16"
+        and resolve_device(config.device).type == "cuda"
+        and not torch.cuda.is_bf16_supported()
+    ):
+        raise ConfigError(
+            "precision 'bf16' needs a GPU that computes bf16 (Ampere or newer); "
+            "this one does not: use precision=auto or fp32"
         )
     folder = Path(config.checkpoint_dir).expanduser()
     try:

@@ -10,7 +10,7 @@ import os
 import ssl
 import urllib.error
 import urllib.request
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from cifar_mlflow.errors import UserError
 
@@ -31,6 +31,23 @@ def redact_uri(uri: str) -> str:
     if "@" not in parts.netloc:
         return uri
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def move_uri_credentials_to_environment() -> None:
+    """Move `user:password@` out of MLFLOW_TRACKING_URI into MLflow's credential variables.
+
+    MLflow puts the tracking URI as given into what it prints (its run links, the URL of a
+    failed request); without credentials in it, none of that can show them. Variables that are
+    already set win, as they do over the URI's in MLflow's client.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    parts = urlsplit(uri)
+    if not is_server_uri(uri) or parts.username is None:
+        return
+    os.environ["MLFLOW_TRACKING_URI"] = redact_uri(uri)
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username))
+    if parts.password is not None:
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password))
 
 
 def client_tls_context() -> ssl.SSLContext | None:

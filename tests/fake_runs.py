@@ -120,25 +120,27 @@ def fake_metrics(config: TrainConfig, finished: bool = True) -> tuple[list[Metri
         train_acc = min(0.999, 0.1 + (quality - 0.05) * progress + rng.gauss(0, 0.005))
         valid_acc = min(0.999, 0.1 + (quality - 0.1) * progress + rng.gauss(0, 0.01))
         valid_accs.append(valid_acc)
-        values = {
-            "train_loss": -math.log(train_acc) * 1.5,
-            "train_acc": train_acc,
-            "valid_loss": -math.log(valid_acc) * 1.6,
-            "valid_acc": valid_acc,
-            "epoch_time_s": timings["train_epoch_time_s"] * rng.uniform(0.98, 1.02),
-            "lr": config.lr,
-        }
+        # The schema's records, so that a renamed metric breaks these fakes too.
+        values = schema.EpochMetrics(
+            epoch=epoch,
+            train_loss=-math.log(train_acc) * 1.5,
+            train_acc=train_acc,
+            valid_loss=-math.log(valid_acc) * 1.6,
+            valid_acc=valid_acc,
+            epoch_time_s=timings["train_epoch_time_s"] * rng.uniform(0.98, 1.02),
+            lr=config.lr,
+        ).metrics()
         metrics += [Metric(key, value, timestamp, epoch) for key, value in values.items()]
     if finished:
         test_acc = valid_accs[-1] + rng.gauss(0, 0.005)
-        final = {
-            "test_loss": -math.log(test_acc) * 1.6,
-            "test_acc": test_acc,
-            "best_valid_acc": max(valid_accs),
-            "num_params": float(num_params(config)),
+        final = schema.FinalMetrics(
+            test_loss=-math.log(test_acc) * 1.6,
+            test_acc=test_acc,
+            best_valid_acc=max(valid_accs),
+            num_params=num_params(config),
             **timings,
-        }
-        metrics += [Metric(key, value, timestamp, 0) for key, value in final.items()]
+        ).metrics()
+        metrics += [Metric(key, float(value), timestamp, 0) for key, value in final.items()]
     return metrics, max(valid_accs)
 
 

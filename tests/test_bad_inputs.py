@@ -12,7 +12,9 @@ import pytest
 from mlflow import MlflowClient
 
 from cifar_mlflow.cli import main as cifar_main
-from cifar_mlflow.data import CIFAR_FOLDER, TRAIN_BATCHES
+from cifar_mlflow.data import CIFAR_FOLDER, TRAIN_BATCHES, write_synthetic_cifar
+from cifar_mlflow.environment import available_devices
+from cifar_mlflow.tracking.client import CLIENT_CREDENTIAL_VARIABLES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -42,7 +44,11 @@ def bad_files(tracking_store: str, tmp_path: Path) -> Path:
         (broken / name).write_bytes(pickle.dumps({"not": "a CIFAR batch"}))
     (tmp_path / "broken.yaml").write_text("model: mlp\ngrid: [unclosed\n")
     (tmp_path / "typo.yaml").write_text("model: mlp\ngrdi: {lr: [0.1]}\n")
-    MlflowClient().search_experiments()  # an existing store: no table-creation log lines
+    (tmp_path / "not-a-folder").write_text("")
+    # A tiny synthetic set where `dataset=synthetic` looks: the rows that load data load it fast.
+    write_synthetic_cifar(tmp_path / "data" / "synthetic" / CIFAR_FOLDER, 50, 10)
+    client = MlflowClient()
+    client.delete_experiment(client.create_experiment("deleted"))
     return tmp_path
 
 
@@ -55,6 +61,8 @@ def invoke(command: str) -> int:
     mp = pytest.MonkeyPatch()
     for name, value in env.items():
         mp.setenv(name, value)
+    for name in CLIENT_CREDENTIAL_VARIABLES:  # a URI's credentials end up there: restored after
+        mp.delenv(name, raising=False)
     try:
         if module == "cifar_mlflow":
             cifar_main(args)
@@ -69,6 +77,9 @@ def invoke(command: str) -> int:
 
 @pytest.mark.parametrize(("command", "message"), ROWS, ids=[command for command, _ in ROWS])
 def test_bad_input_is_one_line_exit_2_and_no_run(bad_files, capsys, command, message):
+    absent_cuda = "--device cuda" in command and "--executor ray" not in command
+    if absent_cuda and "cuda" in available_devices():
+        pytest.skip("this machine has CUDA")
     capsys.readouterr()
     assert invoke(command) == 2
     lines = capsys.readouterr().err.strip().splitlines()

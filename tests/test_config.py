@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cifar_mlflow.config import ConfigError, TrainConfig, field_types
+from cifar_mlflow.config import ConfigError, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -126,10 +127,6 @@ def test_params_are_every_field_flat_and_parse_back() -> None:
     assert TrainConfig.from_overrides(params) == config
 
 
-def test_field_types_cover_every_field() -> None:
-    assert list(field_types()) == FIELDS
-
-
 def test_unused_fields_depend_on_model_and_optimizer() -> None:
     mlp = TrainConfig(model="mlp", optimizer="adamw")
     assert {"patch_size", "embed_dim", "num_blocks", "drop_rate", "mixer_activation"} <= set(
@@ -157,7 +154,7 @@ def test_trial_key_is_stable() -> None:
     key = config.trial_key()
     assert key == TrainConfig(model="resnet18", lr=0.01).trial_key()
     assert key == TrainConfig.from_overrides({"model": "resnet18", "lr": "1e-2"}).trial_key()
-    assert len(key) == 16 and int(key, 16) >= 0
+    assert re.fullmatch("[0-9a-f]{16}", key)
 
 
 def test_trial_key_ignores_unused_options_and_data_dir() -> None:

@@ -173,6 +173,15 @@ def test_per_epoch_metrics_have_steps_1_and_2(trained: MlflowRunResult) -> None:
     assert {m.value for m in lr} == {0.001}
 
 
+def test_the_entry_point_prints_no_mlflow_info_lines_or_pickle_warning(
+    trained: MlflowRunResult,
+) -> None:
+    # `mlflow run` itself announces the command it runs; the entry point's console is quiet.
+    stderr = trained.process.stderr
+    assert "INFO mlflow.system_metrics" not in stderr and "Pickle" not in stderr, stderr
+    assert "epoch 2/2" in stderr
+
+
 def test_final_metrics_and_system_metrics(trained: MlflowRunResult) -> None:
     metrics = trained.only_run().data.metrics
     for name in schema.FINAL_METRICS:

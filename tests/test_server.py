@@ -18,7 +18,6 @@ import time
 import uuid
 from pathlib import Path
 
-import mlflow
 import psutil
 import pytest
 import requests

@@ -24,9 +24,11 @@ import ray
 import ray.exceptions
 import torch
 
+from cifar_mlflow import console
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import load_arrays
 from cifar_mlflow.errors import UserError
+from cifar_mlflow.reachability import redact_uri
 from cifar_mlflow.sweeps.parent_run import SweepParent
 from cifar_mlflow.sweeps.ray_options import RayOptions
 from cifar_mlflow.sweeps.trials import Trial, TrialOutcome, run_trial
@@ -92,9 +94,9 @@ def check_options(options: RayOptions, tracking_uri: str, address: str) -> None:
             )
     if not is_local_address(address) and is_local_store(tracking_uri):
         raise RayExecutorError(
-            f"tracking URI {tracking_uri} is only reachable from this machine, not from Ray "
-            f"workers at {address}; set MLFLOW_TRACKING_URI to a tracking server they can "
-            "reach, or use ray_address=local"
+            f"tracking URI {redact_uri(tracking_uri)} is only reachable from this machine, not "
+            f"from Ray workers at {address}; set MLFLOW_TRACKING_URI to a tracking server they "
+            "can reach, or use ray_address=local"
         )
 
 
@@ -121,7 +123,8 @@ def connected(options: RayOptions, tracking_env: Mapping[str, str]) -> Iterator[
         except ConnectionError as error:
             raise RayExecutorError(f"cannot join the Ray cluster at {address}: {error}") from None
     try:
-        yield RayExecutor(options, tracking_env)
+        # The workers log as quietly as this console: their MLflow was configured by theirs.
+        yield RayExecutor(options, {**tracking_env, **console.worker_settings()})
     finally:
         if started:
             ray.shutdown()
@@ -186,6 +189,7 @@ def train_trial(
 ) -> TrialOutcome:
     """One trial on a Ray worker, logged where and as whom the sweep logs."""
     use_worker_environment(tracking_env)
+    console.apply_logging_level()
     # Ray sets OMP_NUM_THREADS for the task, but torch may have read it in an earlier task of
     # this worker process: trials that share a machine must not oversubscribe its cores.
     torch.set_num_threads(threads)

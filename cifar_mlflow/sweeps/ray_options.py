@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -19,3 +23,12 @@ class RayOptions:
             "cpus_per_trial": f"{self.cpus_per_trial:g}",
             "gpus_per_trial": f"{self.gpus_per_trial:g}",
         }
+
+    def check_devices(self, configs: Sequence[TrainConfig]) -> None:
+        """Refuse trials that ask for a GPU Ray would hide from them (it hides every GPU from a
+        task that reserves none), before any run exists."""
+        if self.gpus_per_trial == 0 and any(config.device == "cuda" for config in configs):
+            raise UserError(
+                "device=cuda needs gpus_per_trial > 0 with executor=ray: Ray hides the GPUs "
+                "from a trial that reserves none"
+            )

@@ -88,6 +88,8 @@ def run_sweep(
     """Run `study` with `overrides` as one parent run with a nested run per missing trial."""
     ray_options = ray_options or RayOptions()
     configs = study.trial_configs(overrides, seeds)
+    if executor == "ray":
+        ray_options.check_devices(configs)
     for setting in {(c.device, c.checkpoint_dir): c for c in configs}.values():
         check_machine(setting)
     where = executor_for(executor, configs, ray_options)

@@ -8,8 +8,10 @@ from collections.abc import Mapping
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Experiment, Run
+from mlflow.exceptions import MlflowException
 
 from cifar_mlflow import schema
+from cifar_mlflow.errors import UserError
 from cifar_mlflow.reachability import check_reachable, is_server_uri, redact_uri
 
 # What MLflow's client reads from the environment to reach and log in to a server.
@@ -53,7 +55,16 @@ def use_worker_environment(env: Mapping[str, str]) -> None:
 
 def use_experiment(name: str) -> str:
     """Select (creating if needed) experiment `name`, tagged for MLflow's training-run view."""
-    experiment = mlflow.set_experiment(name)  # fetched with its tags: no second lookup
+    try:
+        experiment = mlflow.set_experiment(name)  # fetched with its tags: no second lookup
+    except MlflowException:
+        found = MlflowClient().get_experiment_by_name(name)
+        if found is None or found.lifecycle_stage != "deleted":
+            raise
+        raise UserError(
+            f"experiment {name!r} is deleted; restore it (mlflow experiments restore "
+            f"--experiment-id {found.experiment_id}) or choose another name"
+        ) from None
     mark_experiment_kind(experiment)
     return experiment.experiment_id
 

@@ -1,0 +1,68 @@
+"""What the machine cannot honour is bad input: refused in one line before any run exists.
+
+The README's bad-input table runs the rows a CPU-only machine can show (`--device cuda`, an
+unwritable folder, a deleted experiment); these cover what needs a GPU or an existing run.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from cifar_mlflow.checkpoint import TrainingState, checkpoint_path, save_checkpoint
+from cifar_mlflow.cli import main as cifar_main
+from cifar_mlflow.config import ConfigError, TrainConfig
+from cifar_mlflow.environment import check_machine
+
+
+def cuda_without_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine, as if it had a pre-Ampere GPU: CUDA present, bf16 not computed."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+
+
+@pytest.mark.parametrize("device", ["cuda", "auto"])
+def test_bf16_on_a_gpu_without_bf16_is_refused(monkeypatch, tmp_path, device):
+    cuda_without_bf16(monkeypatch)
+    config = TrainConfig(device=device, precision="bf16", checkpoint_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="precision 'bf16' needs a GPU that computes bf16"):
+        check_machine(config)
+
+
+def test_bf16_elsewhere_and_auto_precision_on_that_gpu_pass(monkeypatch, tmp_path):
+    check_machine(TrainConfig(device="cpu", precision="bf16", checkpoint_dir=str(tmp_path)))
+    cuda_without_bf16(monkeypatch)
+    check_machine(TrainConfig(device="cuda", precision="auto", checkpoint_dir=str(tmp_path)))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_resuming_a_run_whose_device_is_absent_is_refused_and_leaves_it_alone(
+    tracking_store, tmp_path, capsys
+):
+    client = MlflowClient()
+    config = TrainConfig(model="mlp", device="cuda", checkpoint_dir=str(tmp_path / "ckpt"))
+    experiment_id = client.create_experiment("elsewhere")
+    run_id = client.create_run(experiment_id).info.run_id
+    for name, value in config.to_params().items():
+        client.log_param(run_id, name, value)
+    client.set_terminated(run_id, "KILLED")
+    state = TrainingState(
+        epoch=1,
+        model={},
+        optimizer={},
+        generator=torch.Generator().get_state(),
+        torch_rng=torch.get_rng_state(),
+    )
+    save_checkpoint(checkpoint_path(config.checkpoint_dir, run_id), state)
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit) as exit_info:
+        cifar_main(["train", "--resume", run_id])
+
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("Error: device 'cuda' is not available on this machine; available:")
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and "train_loss" not in run.data.metrics
+    assert len(client.search_runs([experiment_id])) == 1
