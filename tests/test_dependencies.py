@@ -26,9 +26,9 @@ def names_and_specifiers(requirements: list[str]) -> set[tuple[str, str]]:
 
 
 def image_pin(package: str) -> str:
-    """The version docker/server.Dockerfile installs `package` at (`package[extras]==X`)."""
-    dockerfile = (ROOT / "docker" / "server.Dockerfile").read_text()
-    (version,) = re.findall(rf'"{re.escape(package)}(?:\[[^\]]*\])?==([^"]+)"', dockerfile)
+    """The version the server image installs `package` at: its hash-locked requirements."""
+    locked = (ROOT / "docker" / "server-requirements.txt").read_text()
+    (version,) = re.findall(rf"^{re.escape(package)}==(\S+)", locked, flags=re.MULTILINE)
     return version
 
 
