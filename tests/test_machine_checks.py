@@ -14,6 +14,8 @@ from cifar_mlflow.checkpoint import TrainingState, checkpoint_path, save_checkpo
 from cifar_mlflow.cli import main as cifar_main
 from cifar_mlflow.config import ConfigError, TrainConfig
 from cifar_mlflow.environment import check_machine
+from cifar_mlflow.studies import load_study
+from cifar_mlflow.sweeps.sweep import run_sweep
 
 
 def cuda_without_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,3 +68,15 @@ def test_resuming_a_run_whose_device_is_absent_is_refused_and_leaves_it_alone(
     run = client.get_run(run_id)
     assert run.info.status == "KILLED" and "train_loss" not in run.data.metrics
     assert len(client.search_runs([experiment_id])) == 1
+
+
+def test_a_sweep_checks_each_precision_its_study_varies(monkeypatch, tracking_store, tmp_path):
+    cuda_without_bf16(monkeypatch)
+    path = tmp_path / "precisions.yaml"
+    path.write_text("model: mlp\ngrid:\n  precision: [bf16, fp32]\n")
+    with pytest.raises(ConfigError, match="precision 'bf16' needs a GPU that computes bf16"):
+        run_sweep(load_study(str(path)), {"checkpoint_dir": str(tmp_path / "ckpt")})
+    assert (
+        MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()])
+        == []
+    )

@@ -90,7 +90,7 @@ def run_sweep(
     configs = study.trial_configs(overrides, seeds)
     if executor == "ray":
         ray_options.check_devices(configs)
-    for setting in {(c.device, c.checkpoint_dir): c for c in configs}.values():
+    for setting in {(c.device, c.precision, c.checkpoint_dir): c for c in configs}.values():
         check_machine(setting)
     where = executor_for(executor, configs, ray_options)
     params = {
