@@ -25,8 +25,13 @@ EXIT_TRAINING_FAILED = 1
 EXIT_INTERRUPTED = 130
 # MLflow reads it when it is imported and when it configures a new process (Ray workers).
 LOGGING_LEVEL_VARIABLE = "MLFLOW_LOGGING_LEVEL"
-# MLflow warns on every pickled model; this project chose pickle on purpose (see log_model).
-EXPECTED_WARNINGS = ("Saving pytorch model by Pickle or CloudPickle format",)
+# MLflow warns on every model pickled by cloudpickle; this project chose it on purpose (see
+# tracking.callback.log_model). Filtered on the logger that emits it too, which exists before
+# MLflow is imported and has configured its handlers.
+EXPECTED_WARNINGS = (
+    "Passing a Python object as `python_model` causes it to be serialized using CloudPickle",
+)
+EXPECTED_WARNINGS_LOGGER = "mlflow.pyfunc"
 
 
 class _ExpectedWarnings(logging.Filter):
@@ -49,11 +54,11 @@ def apply_logging_level() -> None:
     level = os.environ.get(LOGGING_LEVEL_VARIABLE, "WARNING").upper()
     mlflow_logger = logging.getLogger("mlflow")
     mlflow_logger.setLevel(level)
-    for handler in mlflow_logger.handlers:
+    for target in (*mlflow_logger.handlers, logging.getLogger(EXPECTED_WARNINGS_LOGGER)):
         if level == "INFO":
-            handler.removeFilter(_EXPECTED_WARNINGS_FILTER)
+            target.removeFilter(_EXPECTED_WARNINGS_FILTER)
         else:
-            handler.addFilter(_EXPECTED_WARNINGS_FILTER)
+            target.addFilter(_EXPECTED_WARNINGS_FILTER)
 
 
 def _verbose_callback(ctx: click.Context, param: click.Parameter, verbose: bool) -> None:
