@@ -10,7 +10,9 @@ leaving the aliases alone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -196,16 +198,13 @@ def register(client: MlflowClient, run: Run, model: LoggedModel, name: str) -> R
                     f"'models:/{name}@{schema.CHAMPION_ALIAS}')"
                 ),
             )
-        version = client.create_model_version(
-            name,
-            source=model.model_uri,
-            run_id=run.info.run_id,
-            tags=tags,
-            model_id=model.model_id,
-        )
+        # MLflow's own registration also links the logged model to the version (its UI page
+        # lists it); what it prints on stderr would add lines to the one this project prints.
+        with contextlib.redirect_stderr(io.StringIO()):
+            version = mlflow.register_model(model.model_uri, name, tags=tags)
     except MlflowException as error:
         raise registry_error(error, name) from None
-    return Registration(name, version.version, run.info.run_id, accuracy(run), champion=False)
+    return Registration(name, str(version.version), run.info.run_id, accuracy(run), champion=False)
 
 
 def registry_error(error: MlflowException, name: str) -> Exception:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 
 from cifar_mlflow.cli import main as cifar_main
 from cifar_mlflow.data import CIFAR_FOLDER, TRAIN_BATCHES
@@ -42,6 +43,12 @@ def bad_files(tracking_store: str, tmp_path: Path) -> Path:
         (broken / name).write_bytes(pickle.dumps({"not": "a CIFAR batch"}))
     (tmp_path / "broken.yaml").write_text("model: mlp\ngrid: [unclosed\n")
     (tmp_path / "typo.yaml").write_text("model: mlp\ngrdi: {lr: [0.1]}\n")
+    (tmp_path / "notes.txt").write_text("not an image")
+    Image.new("RGB", (32, 32)).save(tmp_path / "cat.png")
+    (tmp_path / "other-model").mkdir()  # a model folder, but not of an image classifier
+    (tmp_path / "other-model" / "MLmodel").write_text(
+        "flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n"
+    )
     MlflowClient().search_experiments()  # an existing store: no table-creation log lines
     return tmp_path
 
