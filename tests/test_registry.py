@@ -7,11 +7,14 @@ one end-to-end test runs real sweeps through the CLI.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from analysis import report
 from cifar_mlflow import schema
 from cifar_mlflow.cli import main
 from cifar_mlflow.registry import register_sweep_champion
@@ -152,3 +155,21 @@ def test_sweeps_register_their_best_trial_unless_told_not_to(
     assert cli(*sweep) == 0  # every trial reused: nothing new
     assert versions() == ["1"]
     assert f"{NAME}@champion stays version 1" in capsys.readouterr().out
+
+
+def test_report_lists_each_registered_champion_and_how_to_load_it(experiment_id, tmp_path):
+    first = sweep_parent(experiment_id)
+    trial(experiment_id, first, best_valid_acc=0.60, test_acc=0.50)
+    register_sweep_champion(STUDY, first)
+    better = sweep_parent(experiment_id)
+    trial(experiment_id, better, best_valid_acc=0.70, test_acc=0.65)
+    register_sweep_champion(STUDY, better)
+
+    result = CliRunner().invoke(report.main, ["-o", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "r.html").read_text()
+    section = page.split("<h2>Registered models</h2>")[1].split("<h2>")[0]
+    cells = re.findall(r"<td>(.*?)</td>", section)
+    load = f"<code>mlflow.pyfunc.load_model(&quot;models:/{NAME}@champion&quot;)</code>"
+    assert cells == [STUDY, NAME, "2", "champion", "mlp", "70.00", "65.00", load]
+    assert f"mlflow models serve -m models:/{NAME}@champion --env-manager local" in section
