@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,8 @@ def read_image(path: Path) -> np.ndarray:
 
 def load_classifier(model_uri: str) -> PyFuncModel:
     """The pyfunc model at `model_uri`, if it is an `ImageClassifier` of this project."""
+    # The predictions are this command's output; MLflow's download bars would only add noise.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     scheme = urlsplit(model_uri).scheme
     if scheme == "models":
         check_reachable(mlflow.get_registry_uri())
