@@ -133,7 +133,7 @@ def test_not_an_image_stops_before_loading_the_model(tracking_store, images, cap
 
 def test_a_model_of_another_kind_is_refused(tracking_store, images, capsys, tmp_path: Path):
     class Echo(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
+        def predict(self, context, model_input: list[str], params=None) -> list[str]:
             return model_input
 
     mlflow.pyfunc.save_model(tmp_path / "echo", python_model=Echo())
