@@ -30,6 +30,7 @@ HISTORY_THREADS = 8
 PAGE_SIZE = 5_000
 RUN_COLUMNS = ["run_id", "experiment_id", "run_name", "status", "start_time"]
 HISTORY_COLUMNS = ["run_id", "metric", "step", "timestamp", "value"]
+CHAMPION_COLUMNS = ["name", "version", "alias", "study", "model", "run_id", *schema.VERSION_METRICS]
 
 
 class AnalysisError(UserError):
@@ -222,6 +223,34 @@ class Tracking:
             return None
         with tempfile.TemporaryDirectory() as tmp:
             return Path(self.client.download_artifacts(run_id, path, tmp)).read_bytes()
+
+    def registered_champions(self) -> pd.DataFrame:
+        """The `champion` version of each `cifar10-<study>` registered model, one row each."""
+        prefix = schema.REGISTERED_MODEL_PREFIX
+        rows, token = [], None
+        while True:
+            page = self.client.search_registered_models(
+                f"name LIKE '{prefix}%'", order_by=["name ASC"], page_token=token
+            )
+            for model in page:
+                version = model.aliases.get(schema.CHAMPION_ALIAS)
+                if version is None:
+                    continue
+                tags = self.client.get_model_version(model.name, version).tags
+                rows.append(
+                    {
+                        "name": model.name,
+                        "version": str(version),
+                        "alias": schema.CHAMPION_ALIAS,
+                        "study": tags.get(schema.TAG_STUDY, model.name.removeprefix(prefix)),
+                        "model": tags.get(schema.TAG_MODEL, ""),
+                        "run_id": tags.get(schema.TAG_SOURCE_RUN_ID, ""),
+                        **{m: float(tags.get(m, "nan")) for m in schema.VERSION_METRICS},
+                    }
+                )
+            token = page.token
+            if not token:
+                return pd.DataFrame(rows, columns=CHAMPION_COLUMNS)
 
     def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: str) -> None:
         """Attach files to a run: the only write any analysis tool makes."""

@@ -73,6 +73,15 @@ BEST_COLUMNS = (
     Column("Best valid accuracy (%)", "best_valid_acc", ".2f", 100, spread=True),
     Column("Test accuracy (%)", "test_acc", ".2f", 100, spread=True),
 )
+CHAMPION_COLUMNS = (
+    Column("Study", "study"),
+    Column("Registered model", "name"),
+    Column("Version", "version"),
+    Column("Alias", "alias"),
+    Column("Model", "model"),
+    Column("Best valid accuracy (%)", "best_valid_acc", ".2f", 100),
+    Column("Test accuracy (%)", "test_acc", ".2f", 100),
+)
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
 h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
@@ -151,6 +160,28 @@ def _best_table(results: list[StudyResult], tracking_uri: str) -> str:
     )
 
 
+def _champions_html(champions: pd.DataFrame) -> str:
+    """Each study's registered champion and how to load, serve or use it."""
+    if champions.empty:
+        return (
+            '<p class="missing">No model registered yet: a sweep registers its best trial as '
+            "<code>cifar10-&lt;study&gt;@champion</code>.</p>"
+        )
+    shown = tables.display(champions, CHAMPION_COLUMNS).map(html.escape)
+    uris = [f"models:/{row.name}@{row.alias}" for row in champions.itertuples()]
+    shown["Load"] = [
+        f"<code>mlflow.pyfunc.load_model(&quot;{html.escape(uri)}&quot;)</code>" for uri in uris
+    ]
+    example = html.escape(uris[0])
+    return tables.html(shown, escape=False) + (
+        '<p class="note">Chosen on validation accuracy; the test accuracy is reported. A model '
+        "takes RGB uint8 images of shape (N, 32, 32, 3) and returns per image its class and "
+        "the ten class probabilities. Serve it with <code>mlflow models serve -m "
+        f"{example} --env-manager local</code>, or classify image files with "
+        f"<code>python -m cifar_mlflow predict --model {example} FILE_OR_DIR</code>.</p>"
+    )
+
+
 def _section_html(result: StudyResult, tracking_uri: str) -> str:
     section, figures = result.section, result.figures
     labels = " + ".join(filter(None, [section.curves, section.weights, section.table]))
@@ -187,8 +218,13 @@ def _section_html(result: StudyResult, tracking_uri: str) -> str:
     return "\n".join(parts)
 
 
-def render_report(results: list[StudyResult], tracking_uri: str, generated: datetime) -> str:
-    """The report as one HTML document (pure: everything comes from `results`)."""
+def render_report(
+    results: list[StudyResult],
+    tracking_uri: str,
+    generated: datetime,
+    champions: pd.DataFrame | None = None,
+) -> str:
+    """The report as one HTML document (pure: everything comes from the arguments)."""
     missing = [result.section.study for result in results if result.figures is None]
     if is_server_uri(tracking_uri):
         where = "Run links open the MLflow UI."
@@ -212,6 +248,8 @@ def render_report(results: list[StudyResult], tracking_uri: str, generated: date
         *intro,
         "<h2>Best configuration of each model</h2>",
         _best_table(results, tracking_uri),
+        "<h2>Registered models</h2>",
+        _champions_html(champions if champions is not None else pd.DataFrame()),
         *(_section_html(result, tracking_uri) for result in results),
     ]
     return (
@@ -236,7 +274,12 @@ def main(output: Path, experiment: str | None) -> None:
     tracking = Tracking()
     results = collect(tracking, experiment)
     output.write_text(
-        render_report(results, tracking.tracking_uri, datetime.now(timezone.utc)),
+        render_report(
+            results,
+            tracking.tracking_uri,
+            datetime.now(timezone.utc),
+            tracking.registered_champions(),
+        ),
         encoding="utf-8",
     )
     click.echo(f"Wrote {output}")

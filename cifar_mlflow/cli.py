@@ -6,6 +6,7 @@ import functools
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any
 
 import click
@@ -176,6 +177,15 @@ def train(experiment: str, study: str, resume: str | None, **options: Any) -> No
     show_default=True,
     help="GPUs Ray reserves for each trial; 0.25 lets four small trials share a GPU.",
 )
+@click.option(
+    "--register",
+    type=click.BOOL,
+    default=True,
+    show_default=True,
+    metavar="BOOLEAN",
+    help="Register the best trial as cifar10-<study>@champion if it beats the champion.",
+)
+@click.option("--no-register", is_flag=True, help="The same as --register false.")
 @training_options
 @experiment_option
 @fails_launcher_run
@@ -186,6 +196,8 @@ def sweep(
     ray_address: str,
     cpus_per_trial: float,
     gpus_per_trial: float,
+    register: bool,
+    no_register: bool,
     experiment: str,
     **options: Any,
 ) -> None:
@@ -206,6 +218,7 @@ def sweep(
             executor=executor,
             ray_options=RayOptions(ray_address, cpus_per_trial, gpus_per_trial),
             experiment=experiment,
+            register=register and not no_register,
         )
     except SweepFailed as failure:
         for outcome in failure.result.failures:
@@ -243,6 +256,67 @@ def data(**options: Any) -> None:
         f"{arrays.name}: {len(arrays.train_labels)} training and {len(arrays.test_labels)} "
         f"test images in {arrays.source} (digest {arrays.digest()})"
     )
+
+
+@cli.command(name="register")
+@click.option("--run-id", required=True, metavar="RUN_ID", help="The run whose model to register.")
+@click.option(
+    "--name",
+    default=None,
+    metavar="NAME",
+    help="Registered model [default: cifar10-<the run's study>, else cifar10-<its model>].",
+)
+def register_command(run_id: str, name: str | None) -> None:
+    """Register one run's model as a new version (aliases are left alone)."""
+    from cifar_mlflow.registry import register_run
+    from cifar_mlflow.tracking.client import check_tracking_server
+
+    check_tracking_server()
+    click.echo(register_run(run_id, name).describe().capitalize())
+
+
+@cli.command()
+@click.option(
+    "--model",
+    "model_uri",
+    required=True,
+    metavar="URI",
+    help="models:/cifar10-lr@champion, models:/m-<id>, runs:/<run id>/model or a folder.",
+)
+@click.argument(
+    "paths", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="FILE_OR_DIR..."
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "csv", "json"]),
+    default="text",
+    show_default=True,
+    help="text: tab-separated; csv with a header; json: one object per line.",
+)
+@click.option(
+    "--top-k",
+    "--top_k",
+    "top_k",
+    type=click.IntRange(1, 10),
+    default=1,
+    show_default=True,
+    help="Classes per image, most probable first.",
+)
+def predict(model_uri: str, paths: tuple[Path, ...], output_format: str, top_k: int) -> None:
+    """Classify images: one line per image with its file, class and confidence.
+
+    Any image PIL opens is converted to RGB, its central square cropped and resized to 32×32
+    (bicubic); a folder means each image file in it (by extension, not its subfolders).
+    """
+    from cifar_mlflow import prediction
+
+    files = prediction.image_files(paths)
+    model = prediction.load_classifier(model_uri)
+    if output_format == "csv":
+        click.echo(prediction.csv_header(top_k))
+    for result in prediction.predict_files(model, files, top_k):
+        click.echo(prediction.format_line(result, output_format))
 
 
 cli.add_command(server)

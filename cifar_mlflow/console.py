@@ -31,11 +31,15 @@ LOGGING_LEVEL_VARIABLE = "MLFLOW_LOGGING_LEVEL"
 # MLflow prints "View run … at: URL" on stdout whenever a run on a server ends: a second link
 # beside the project's own, on every trial, and the URI as given, credentials included.
 RUN_LINKS_VARIABLE = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
-# MLflow warns on every pickled model; this project chose pickle on purpose (see log_model).
-EXPECTED_WARNINGS = ("Saving pytorch model by Pickle or CloudPickle format",)
-# The filter sits on the logger that emits the warning, not on a handler: MLflow replaces its
-# handlers whenever it is imported, which in this project happens after the options are read.
-EXPECTED_WARNINGS_LOGGER = "mlflow.pytorch"
+# MLflow warns on every model pickled by cloudpickle; this project chose it on purpose (see
+# tracking.callback.log_model). The filter sits on the loggers that emit the warnings, not on a
+# handler: MLflow replaces its handlers whenever it is imported, which in this project happens
+# after the options are read.
+EXPECTED_WARNINGS = (
+    "Passing a Python object as `python_model` causes it to be serialized using CloudPickle",
+    "Saving pytorch model by Pickle or CloudPickle format",
+)
+EXPECTED_WARNINGS_LOGGERS = ("mlflow.pyfunc", "mlflow.pytorch")
 
 
 class _ExpectedWarnings(logging.Filter):
@@ -61,11 +65,11 @@ def apply_logging_level() -> None:
     """
     level = os.environ.get(LOGGING_LEVEL_VARIABLE, "WARNING").upper()
     logging.getLogger("mlflow").setLevel(level)
-    emitter = logging.getLogger(EXPECTED_WARNINGS_LOGGER)
-    if logging.getLevelName(level) < logging.WARNING:
-        emitter.removeFilter(_EXPECTED_WARNINGS_FILTER)
-    else:
-        emitter.addFilter(_EXPECTED_WARNINGS_FILTER)
+    for emitter in map(logging.getLogger, EXPECTED_WARNINGS_LOGGERS):
+        if logging.getLevelName(level) < logging.WARNING:
+            emitter.removeFilter(_EXPECTED_WARNINGS_FILTER)
+        else:
+            emitter.addFilter(_EXPECTED_WARNINGS_FILTER)
 
 
 def worker_settings() -> dict[str, str]:

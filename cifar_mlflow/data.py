@@ -284,7 +284,7 @@ def to_device(
     labels = torch.from_numpy(arrays.train_labels)
 
     def split(split_images: torch.Tensor, split_labels: torch.Tensor) -> Split:
-        normalised = _normalise(split_images.to(device)).contiguous(memory_format=memory_format)
+        normalised = normalise(split_images.to(device)).contiguous(memory_format=memory_format)
         return Split(normalised, split_labels.to(device))
 
     return DeviceData(
@@ -295,7 +295,8 @@ def to_device(
     )
 
 
-def _normalise(images_nhwc: torch.Tensor) -> torch.Tensor:
+def normalise(images_nhwc: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, H, W, 3) → float (N, 3, H, W), standardised with the CIFAR statistics."""
     mean = torch.tensor(CIFAR_MEAN, device=images_nhwc.device) * 255
     std = torch.tensor(CIFAR_STD, device=images_nhwc.device) * 255
     return ((images_nhwc.float() - mean) / std).permute(0, 3, 1, 2)

@@ -86,3 +86,11 @@ MODEL_NAME = "model"
 
 # Built-in studies, in the order of the source report.
 BUILTIN_STUDIES = ("activation", "lr", "patch", "best_resnet", "best_mixer")
+
+# The Model Registry: a study's best trial is the version `champion` of `cifar10-<study>`.
+REGISTERED_MODEL_PREFIX = "cifar10-"
+CHAMPION_ALIAS = "champion"
+# Tags of a registered version, besides `study`, `model` and `trial_key` (and the metrics
+# `best_valid_acc` and `test_acc`, copied as tags: the registry keeps no metrics).
+TAG_SOURCE_RUN_ID = "source_run_id"
+VERSION_METRICS = ("best_valid_acc", "test_acc")

@@ -46,7 +46,6 @@ def train_tracked(
             arrays,
             study=study,
             env=env,
-            input_example=data.valid.images[:2],
             logged_epochs=logged_epochs(run),
         )
         with tracker:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 
 from cifar_mlflow.cli import main as cifar_main
 from cifar_mlflow.data import CIFAR_FOLDER, TRAIN_BATCHES, write_synthetic_cifar
@@ -49,6 +50,12 @@ def bad_files(tracking_store: str, tmp_path: Path) -> Path:
     write_synthetic_cifar(tmp_path / "data" / "synthetic" / CIFAR_FOLDER, 50, 10)
     client = MlflowClient()
     client.delete_experiment(client.create_experiment("deleted"))
+    (tmp_path / "notes.txt").write_text("not an image")
+    Image.new("RGB", (32, 32)).save(tmp_path / "cat.png")
+    (tmp_path / "other-model").mkdir()  # a model folder, but not of an image classifier
+    (tmp_path / "other-model" / "MLmodel").write_text(
+        "flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n"
+    )
     return tmp_path
 
 

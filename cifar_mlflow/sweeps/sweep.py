@@ -21,6 +21,7 @@ import click
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.environment import check_machine
 from cifar_mlflow.errors import UserError
+from cifar_mlflow.registry import register_sweep_champion
 from cifar_mlflow.studies import Study
 from cifar_mlflow.sweeps.local import LocalExecutor
 from cifar_mlflow.sweeps.parent_run import SweepParent, record_sweep_summary, sweep_run
@@ -83,9 +84,14 @@ def run_sweep(
     executor: str = "local",
     ray_options: RayOptions | None = None,
     experiment: str | None = None,
+    register: bool = True,
     echo: Callable[[str], None] = click.echo,
 ) -> SweepResult:
-    """Run `study` with `overrides` as one parent run with a nested run per missing trial."""
+    """Run `study` with `overrides` as one parent run with a nested run per missing trial.
+
+    With `register`, the best trial becomes `cifar10-<study>@champion` if it beats the
+    champion (`registry.register_sweep_champion`).
+    """
     ray_options = ray_options or RayOptions()
     configs = study.trial_configs(overrides, seeds)
     if executor == "ray":
@@ -113,6 +119,8 @@ def run_sweep(
     ):
         outcomes = run_missing_trials(runner, configs, parent, study.name, echo)
         summarise(parent, outcomes)
+        if register:
+            register_sweep_champion(study.name, parent.run_id, echo)
         link = run_link(parent.experiment_id, parent.run_id)
         result = SweepResult(parent.run_id, link, outcomes)
         if result.failures:

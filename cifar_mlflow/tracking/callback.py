@@ -20,8 +20,9 @@ from mlflow.entities import LoggedModelOutput, Metric, Run
 from mlflow.utils.time import get_current_time_millis
 from torch import nn
 
-import cifar_mlflow.models
+import cifar_mlflow
 from cifar_mlflow import schema
+from cifar_mlflow.classifier import ImageClassifier, model_metadata, model_signature
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import CifarArrays
 from cifar_mlflow.engine import Callback
@@ -29,6 +30,8 @@ from cifar_mlflow.environment import Environment
 from cifar_mlflow.schema import EpochMetrics, FinalMetrics
 from cifar_mlflow.tracking.runs import record_run_description
 from cifar_mlflow.weights import weights_figure
+
+INPUT_EXAMPLE_IMAGES = 2  # test images of the run's data set, stored with the model
 
 
 class MlflowCallback(Callback):
@@ -51,12 +54,10 @@ class MlflowCallback(Callback):
         *,
         study: str,
         env: Environment,
-        input_example: torch.Tensor,
         logged_epochs: set[int] | None = None,
     ) -> None:
         self.run = run
         self.config = config
-        self.input_example = input_example
         # Epochs the server holds already (a resumed run): never logged twice.
         self.logged_epochs = set(logged_epochs or ())
         self._description_args = (arrays, study, env)
@@ -121,7 +122,9 @@ class MlflowCallback(Callback):
             figure_path.parent.mkdir(parents=True, exist_ok=True)
             weights_figure(model).savefig(figure_path)
             MlflowClient().log_artifacts(self.run.info.run_id, folder)
-        return log_model(self.run, model, self.input_example, self.config.to_params())
+        arrays = self._description_args[0]
+        example = np.ascontiguousarray(arrays.test_images[:INPUT_EXAMPLE_IMAGES])
+        return log_model(self.run, model, arrays.class_names, example, self.config.to_params())
 
     def _log_metrics(
         self, values: Mapping[str, float], step: int, model_id: str | None = None
@@ -136,35 +139,42 @@ class MlflowCallback(Callback):
 
 
 def log_model(
-    run: Run, model: nn.Module, input_example: torch.Tensor, params: Mapping[str, str]
+    run: Run,
+    model: nn.Module,
+    class_names: Sequence[str],
+    input_example: np.ndarray,
+    params: Mapping[str, str],
 ) -> str:
-    """Log a CPU fp32 copy of `model` as an output of `run`; returns the logged model's id.
+    """Log `model` as an `ImageClassifier` output of `run`; returns the logged model's id.
 
-    `mlflow.pytorch.load_model` loads it without this project installed, under the Python
-    minor version in its python_env.yaml: the model classes are pickled by value (shipping
-    the package as code instead would upload each of its files separately), so the classes of
-    a loaded model are copies, not those of `cifar_mlflow.models`. The pickle format keeps the
-    batch dimension free (pt2 would freeze it to the example's).
+    The logged model takes RGB uint8 images (N, 32, 32, 3) and answers each with its class
+    name and the probabilities of `class_names` (the normalisation is inside), with a declared
+    signature and `input_example` (real images of the data set) for `mlflow models serve`.
+    `mlflow.pyfunc.load_model` loads it without this project installed, under the Python
+    minor version in its python_env.yaml: the classifier and the network's classes are pickled
+    by value (shipping the package as code instead would upload each of its files
+    separately), so they are copies, not those of `cifar_mlflow`. The trained `nn.Module` is
+    the loaded model's `unwrap_python_model().network`.
 
-    Called from a thread without an active run, `mlflow.pytorch.log_model` only fills the
+    Called from a thread without an active run, `mlflow.pyfunc.log_model` only fills the
     model created here; linking it to `run` is then one request, where MLflow would fetch the
     run twice and copy the history of every metric onto the model, a request per metric.
     """
-    cpu_model = copy.deepcopy(model).float().cpu().eval()
-    example = input_example.detach().float().cpu().contiguous().numpy().astype(np.float32)
+    classifier = ImageClassifier(copy.deepcopy(model).float().cpu(), class_names)
     logged = mlflow.initialize_logged_model(
         name=schema.MODEL_NAME,
         source_run_id=run.info.run_id,
         params=dict(params),
         experiment_id=run.info.experiment_id,
     )
-    with classes_pickled_by_value(cifar_mlflow.models):
-        mlflow.pytorch.log_model(
-            cpu_model,
+    with classes_pickled_by_value(cifar_mlflow):
+        mlflow.pyfunc.log_model(
             name=schema.MODEL_NAME,
+            python_model=classifier,
             model_id=logged.model_id,
-            serialization_format="pickle",
-            input_example=example,
+            signature=model_signature(class_names),
+            input_example=input_example,
+            metadata=model_metadata(class_names),
             pip_requirements=[
                 f"torch=={torch.__version__.split('+')[0]}",
                 f"cloudpickle=={cloudpickle.__version__}",

@@ -1,0 +1,100 @@
+"""`mlflow models serve` of a registered champion answers images with predictions (issue 15)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import mlflow
+import pytest
+import requests
+from mlflow import MlflowClient
+
+from benchmarks.plain_server import model_server
+from cifar_mlflow.cli import main
+from cifar_mlflow.registry import register_sweep_champion
+from tests.classifier_runs import STUDY, example_images, sweep_parent, trial
+
+URI = f"models:/cifar10-{STUDY}@champion"
+
+
+def register_champion() -> None:
+    experiment_id = MlflowClient().create_experiment("serving")
+    parent = sweep_parent(experiment_id)
+    trial(experiment_id, parent, best_valid_acc=0.5, test_acc=0.5)
+    register_sweep_champion(STUDY, parent)
+
+
+def check_answers(url: str, model: mlflow.pyfunc.PyFuncModel) -> None:
+    """A JSON request of raw images gets the model's predictions; a wrong shape gets a 400."""
+    images = example_images(5, seed=3)
+    response = requests.post(f"{url}/invocations", json={"inputs": images.tolist()}, timeout=60)
+    assert response.status_code == 200, response.text
+    answered = response.json()["predictions"]
+    expected = model.predict(images).to_dict(orient="records")
+    assert [row["class"] for row in answered] == [row["class"] for row in expected]
+    for row, want in zip(answered, expected, strict=True):
+        assert set(row) == set(want)
+        assert [row[k] for k in want if k != "class"] == pytest.approx(
+            [want[k] for k in want if k != "class"], abs=1e-6
+        )
+    # The declared signature is checked: 16×32 images are refused.
+    cropped = {"inputs": images[:, :16].tolist()}
+    refused = requests.post(f"{url}/invocations", json=cropped, timeout=60)
+    assert refused.status_code == 400
+
+
+@pytest.mark.e2e
+def test_served_champion_answers_a_json_request_of_images(tracking_store: str, tmp_path: Path):
+    register_champion()
+    model = mlflow.pyfunc.load_model(URI)
+    with model_server(URI, tmp_path) as (url, _):
+        check_answers(url, model)
+
+
+@pytest.mark.e2e
+def test_a_reader_of_the_team_server_loads_and_serves_the_champion_but_cannot_register(
+    server_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    register_champion()  # as the admin
+    uri = server_env["MLFLOW_TRACKING_URI"]
+    admin = (server_env["MLFLOW_TRACKING_USERNAME"], server_env["MLFLOW_TRACKING_PASSWORD"])
+    username, password = f"reader-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    created = requests.post(
+        f"{uri}/api/2.0/mlflow/users/create",
+        json={"username": username, "password": password},
+        auth=admin,
+        timeout=30,
+    )
+    assert created.status_code == 200, created.text
+    # No grant: the server's default permission, READ, is all this user has.
+    reader_env = {"MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password}
+    for name, value in reader_env.items():
+        monkeypatch.setenv(name, value)
+
+    model = mlflow.pyfunc.load_model(URI)
+    with model_server(URI, tmp_path, {**os.environ, **reader_env}) as (url, _):
+        check_answers(url, model)
+
+    champion = MlflowClient().get_model_version_by_alias(f"cifar10-{STUDY}", "champion")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["register", "--run-id", champion.run_id])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"Error: not allowed to register versions of cifar10-{STUDY} on {uri}")
+    versions = requests.get(
+        f"{uri}/api/2.0/mlflow/model-versions/search",
+        params={"filter": f"name = 'cifar10-{STUDY}'"},
+        auth=(username, password),
+        timeout=30,
+    )
+    assert [v["version"] for v in versions.json()["model_versions"]] == ["1"]
+    direct = requests.post(
+        f"{uri}/api/2.0/mlflow/model-versions/create",
+        json={"name": f"cifar10-{STUDY}", "source": champion.source, "run_id": champion.run_id},
+        auth=(username, password),
+        timeout=30,
+    )
+    assert direct.status_code == 403
