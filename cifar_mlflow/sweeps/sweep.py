@@ -3,6 +3,8 @@
 A trial whose `trial_key` already has a FINISHED run in the experiment is reused, not run
 again, so an interrupted or partly failed sweep is finished by running the same command again.
 A trial that raises is recorded FAILED on its run and the sweep goes on with the next one.
+A study with a `search` instead of a grid samples its trials (`search`, which imports Optuna
+only for such a study).
 
 The sweep decides which trials to run and collects and summarises their outcomes; an executor
 only decides where the missing trials run: one after another in this process (`local`), or as
@@ -80,20 +82,35 @@ def run_sweep(
     overrides: Mapping[str, str],
     *,
     seeds: int | None = None,
+    trials: int | None = None,
     executor: str = "local",
     ray_options: RayOptions | None = None,
     experiment: str | None = None,
     echo: Callable[[str], None] = click.echo,
 ) -> SweepResult:
-    """Run `study` with `overrides` as one parent run with a nested run per missing trial."""
+    """Run `study` with `overrides` as one parent run with a nested run per missing trial.
+
+    `trials` overrides a searched study's number of trials; `seeds` a grid's number of seeds.
+    """
     ray_options = ray_options or RayOptions()
-    configs = study.trial_configs(overrides, seeds)
+    if study.search is None:
+        if trials is not None:
+            raise UserError(f"trials needs a study with a `search`; {study.name!r} has a grid")
+        configs = study.trial_configs(overrides, seeds)
+        counts = {"seeds": str(seeds or study.seeds)}
+    else:
+        if seeds is not None:
+            raise UserError(f"seeds needs a study with a `grid`; {study.name!r} has a search")
+        configs = [study.base_config(overrides)]
+        from cifar_mlflow.sweeps.search import run_search_trials  # Optuna: only for a search
+
+        counts = {"trials": str(trials or study.search.trials)}
     for setting in {(c.device, c.checkpoint_dir): c for c in configs}.values():
         check_machine(setting)
     where = executor_for(executor, configs, ray_options)
     params = {
         "study": study.name,
-        "seeds": str(seeds or study.seeds),
+        **counts,
         "executor": executor,
         **(ray_options.params() if executor == "ray" else {}),
         **overrides,
@@ -109,7 +126,11 @@ def run_sweep(
             experiment=experiment,
         ) as parent,
     ):
-        outcomes = run_missing_trials(runner, configs, parent, study.name, echo)
+        if study.search is None:
+            outcomes = run_missing_trials(runner, configs, parent, study.name, echo)
+        else:
+            total = trials or study.search.trials
+            outcomes = run_search_trials(runner, study, configs[0], total, parent, echo)
         summarise(parent, outcomes)
         link = run_link(parent.experiment_id, parent.run_id)
         result = SweepResult(parent.run_id, link, outcomes)
