@@ -68,6 +68,12 @@ def trial_number(run: Run) -> int:
     return int(run.data.tags[schema.TAG_TRIAL_NUMBER])
 
 
+def trial_label(number: int, total: int, config: TrainConfig, names: tuple[str, ...]) -> str:
+    """`[3/12] mlp lr=0.0012`: the prefix of a trial's progress lines."""
+    params = config.to_params()
+    return f"[{number}/{total}] {config.model} " + " ".join(f"{n}={params[n]}" for n in names)
+
+
 def run_search_trials(
     runner: Executor,
     study: Study,
@@ -113,7 +119,8 @@ def run_search_trials(
         if trial.ending is not Ending.FAILED:
             config = TrainConfig.from_overrides(trial.params, base)
             outcome = TrialOutcome(config, TrialStatus.REUSED, run.info.run_id, trial.value)
-            report(trial_number(run), f"[{trial_number(run)}/{total}] {config.run_name()}", outcome)
+            number = trial_number(run)
+            report(number, trial_label(number, total, config, spec.names), outcome)
 
     asked: dict[int, int] = {}  # trial number → its number in `state`
 
@@ -125,12 +132,11 @@ def run_search_trials(
             number = number or next(new_numbers)
             asked[number] = asked_number
             config = TrainConfig.from_overrides(values, base)
-            sampled = " ".join(f"{name}={config.to_params()[name]}" for name in spec.names)
             stopping = (EarlyStopping(state, asked_number),) if spec.pruner != "none" else ()
             yield Trial(
                 number,
                 config,
-                f"[{number}/{total}] {config.model} {sampled}",
+                trial_label(number, total, config, spec.names),
                 tags={schema.TAG_TRIAL_NUMBER: str(number), schema.TAG_SEARCH_KEY: key},
                 callbacks=stopping,
             )

@@ -122,7 +122,7 @@ class SearchState:
         """Record trial `number`'s epoch; whether the pruner would stop it now."""
         trial = self.running[number]
         trial.report(valid_acc, epoch)
-        return trial.should_prune()
+        return bool(trial.should_prune())  # numpy.bool_ from the median pruner
 
     def tell(self, number: int, ending: Ending, value: float | None = None) -> None:
         state = TRIAL_STATES[ending]
