@@ -15,6 +15,24 @@ from cifar_mlflow.cli import main as cifar_main
 from cifar_mlflow.data import CIFAR_FOLDER, TRAIN_BATCHES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+# Broken searched studies (issue 14), each a variation of one valid search.
+SEARCH = (
+    "model: mlp\nfixed: {epochs: 4}\nsearch: {lr: {log_uniform: [1.0e-5, 1.0e-1]}}\ntrials: 4\n"
+)
+BAD_SEARCHES = {
+    "s_normal.yaml": SEARCH.replace("log_uniform", "normal"),
+    "s_low_high.yaml": SEARCH.replace("[1.0e-5, 1.0e-1]", "[0.1, 0.01]"),
+    "s_log_zero.yaml": SEARCH.replace("1.0e-5", "0"),
+    "s_option.yaml": SEARCH.replace("{lr:", "{learning_rate:"),
+    "s_grid.yaml": SEARCH + "grid: {activation: [relu, tanh]}\n",
+    "s_trials.yaml": SEARCH.replace("trials: 4", "trials: 0"),
+    "s_sampler.yaml": SEARCH + "sampler: cmaes\n",
+    "s_pruner.yaml": SEARCH + "pruner: asha\n",
+    "s_min_epochs.yaml": SEARCH + "min_epochs: 5\n",
+    "s_refused.yaml": SEARCH.replace(
+        "lr: {log_uniform: [1.0e-5, 1.0e-1]}", "drop_rate: {uniform: [0, 1]}"
+    ),
+}
 
 
 def table_rows() -> list[tuple[str, str]]:
@@ -42,6 +60,8 @@ def bad_files(tracking_store: str, tmp_path: Path) -> Path:
         (broken / name).write_bytes(pickle.dumps({"not": "a CIFAR batch"}))
     (tmp_path / "broken.yaml").write_text("model: mlp\ngrid: [unclosed\n")
     (tmp_path / "typo.yaml").write_text("model: mlp\ngrdi: {lr: [0.1]}\n")
+    for name, text in BAD_SEARCHES.items():
+        (tmp_path / name).write_text(text)
     MlflowClient().search_experiments()  # an existing store: no table-creation log lines
     return tmp_path
 
