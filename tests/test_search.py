@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from analysis.report import main as report_main
+from analysis.search import main as search_main
 from cifar_mlflow import engine, environment, schema
 from cifar_mlflow.cli import main
 from cifar_mlflow.config import TrainConfig
@@ -109,6 +111,33 @@ def test_a_12_trial_search_stops_some_trials_then_continues_where_it_stopped(
     assert {number: r.info.run_id for number, r in after.items() if number <= 12} == {
         number: r.info.run_id for number, r in runs.items()
     }
+
+    # The analysis sees the whole search from its latest sweep, stopped trials as stopped.
+    capsys.readouterr()
+    assert analyse(search_main, "--study", "mlp_search", "-o", str(tmp_path / "out")) == 0
+    table = capsys.readouterr().out.splitlines()
+    complete_now = {
+        n: r for n, r in after.items() if schema.TAG_STOPPED_AT_EPOCH not in r.data.tags
+    }
+    best_number = max(complete_now, key=lambda n: complete_now[n].data.metrics["best_valid_acc"])
+    best_acc = 100 * complete_now[best_number].data.metrics["best_valid_acc"]
+    assert table[2].startswith(f"| {best_number} | ") and f"| {best_acc:.2f} |" in table[2]
+    assert len(table) == 2 + min(10, len(complete_now))
+    for stem in ("best_so_far", "params", "curves"):
+        assert (tmp_path / "out" / f"mlp_search_{stem}.png").stat().st_size > 0
+    assert analyse(report_main, "-o", str(tmp_path / "report.html")) == 0
+    assert "Search <code>mlp_search</code></h2><p>16 trials" in (
+        (tmp_path / "report.html").read_text().replace("\n", "")
+    )
+
+
+def analyse(command, *args: str) -> int:
+    """An `analysis` command in this process: its exit status."""
+    try:
+        command.main(args=list(args), prog_name="analysis")
+    except SystemExit as exit_info:
+        return exit_info.code
+    return 0
 
 
 @pytest.mark.e2e
