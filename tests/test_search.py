@@ -21,6 +21,7 @@ from cifar_mlflow.sweeps.early_stopping import EarlyStopping
 from cifar_mlflow.sweeps.search_state import Ending, PastTrial, SearchState
 from cifar_mlflow.tracking.lookups import find_finished_run
 from tests.test_engine import Recorder, small_config, tiny_data
+from tests.test_ray_sweep import most_at_once, ray_2_cpus  # noqa: F401 — a fixture
 from tests.test_sweep import folders, parents_and_children
 
 # Wide enough that the worst learning rates stay near chance level while the best learn: the
@@ -291,3 +292,29 @@ def test_a_grid_never_reuses_a_trial_that_a_search_stopped(tracking_store):
         client.set_terminated(run.info.run_id, "FINISHED")
     assert find_finished_run(experiment_id, "key-True") is None
     assert find_finished_run(experiment_id, "key-False") is not None
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("ray_2_cpus")
+def test_a_ray_search_on_the_team_server_runs_two_trials_at_a_time_and_stops_some(
+    server_env, tmp_path, small_synthetic_dir, capsys
+):
+    """Search state on the authenticated PostgreSQL server, trials on 2 Ray CPUs."""
+    study = tmp_path / "mlp_search.yaml"
+    study.write_text(MLP_SEARCH.replace("trials: 12", "trials: 8"))
+    experiment = server_env["MLFLOW_EXPERIMENT_NAME"]
+    assert search(study, "--executor", "ray", data_dir=small_synthetic_dir) == 0
+    _, children = parents_and_children(experiment)
+    runs = {int(r.data.tags[schema.TAG_TRIAL_NUMBER]): r for r in children}
+    assert sorted(runs) == list(range(1, 9))
+    assert most_at_once(children) == 2
+    # Stopped by the actor's pruner, which heard the epochs of the trials running beside them.
+    assert any(schema.TAG_STOPPED_AT_EPOCH in r.data.tags for r in runs.values())
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
+
+    # Continued, locally this time: the same search, two more trials.
+    capsys.readouterr()
+    assert search(study, "--trials", "10", data_dir=small_synthetic_dir) == 0
+    assert "8 reused" in capsys.readouterr().out
+    _, children = parents_and_children(experiment)
+    assert sorted(int(r.data.tags[schema.TAG_TRIAL_NUMBER]) for r in children) == list(range(1, 11))
