@@ -56,7 +56,8 @@ def measured(study_file: Path, data_dir: Path) -> tuple[int, float, float, int]:
     for outcome in result.outcomes:
         epochs += len(client.get_metric_history(outcome.run_id, "valid_acc"))
         stopped += schema.TAG_STOPPED_AT_EPOCH in client.get_run(outcome.run_id).data.tags
-    return epochs, wall, client.get_run(result.parent_run_id).data.metrics["best_valid_acc"], stopped
+    best = client.get_run(result.parent_run_id).data.metrics[schema.METRIC_BEST_VALID_ACC]
+    return epochs, wall, best, stopped
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -22,7 +22,7 @@ from cifar_mlflow.sweeps.search_state import Ending, PastTrial, SearchState
 from cifar_mlflow.tracking.lookups import find_finished_run
 from tests.test_engine import Recorder, small_config, tiny_data
 from tests.test_ray_sweep import most_at_once, ray_2_cpus  # noqa: F401 — a fixture
-from tests.test_sweep import folders, parents_and_children
+from tests.test_sweep import folders, mlflow_run_sweep, parents_and_children
 
 # Wide enough that the worst learning rates stay near chance level while the best learn: the
 # median pruner stops some trials after their first epoch.
@@ -318,3 +318,16 @@ def test_a_ray_search_on_the_team_server_runs_two_trials_at_a_time_and_stops_som
     assert "8 reused" in capsys.readouterr().out
     _, children = parents_and_children(experiment)
     assert sorted(int(r.data.tags[schema.TAG_TRIAL_NUMBER]) for r in children) == list(range(1, 11))
+
+
+@pytest.mark.e2e
+def test_mlflow_run_passes_trials_to_a_searched_study(
+    tracking_store, tmp_path, small_synthetic_dir
+):
+    study = tmp_path / "mlp_search.yaml"
+    study.write_text(MLP_SEARCH)
+    result = mlflow_run_sweep(f"study={study}", "trials=2", data_dir=small_synthetic_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (parent,) = parents_and_children()[0]
+    assert parent.info.status == "FINISHED" and parent.data.params["trials"] == "2"
+    assert sorted(trial_runs()) == [1, 2]
