@@ -90,8 +90,10 @@ class SearchState:
             if spec.sampler == "tpe"
             else optuna.samplers.RandomSampler(seed=sampler_seed)
         )
+        # Named: Hyperband assigns trials to brackets by a hash of the study's name and the
+        # trial's number, and an unnamed study gets a random name.
         self.study = optuna.create_study(
-            direction="maximize", sampler=sampler, pruner=pruner(spec, epochs)
+            study_name="search", direction="maximize", sampler=sampler, pruner=pruner(spec, epochs)
         )
         for trial in past:
             self.study.add_trial(self._frozen(trial))
