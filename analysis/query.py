@@ -150,6 +150,12 @@ class Tracking:
         runs = self._finished_sweeps(self.experiment_ids(experiment))
         return sorted({run.data.tags.get(schema.TAG_STUDY, "") for run in runs} - {""})
 
+    def searched_studies(self, experiment: str | None = None) -> list[str]:
+        """Studies with a finished sweep of a search (issue 14), by name."""
+        runs = self._finished_sweeps(self.experiment_ids(experiment))
+        searched = [run for run in runs if schema.TAG_SEARCH_KEY in run.data.tags]
+        return sorted({run.data.tags.get(schema.TAG_STUDY, "") for run in searched} - {""})
+
     def sweep_by_id(self, parent_run_id: str) -> Sweep:
         try:
             run = self.client.get_run(parent_run_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +23,7 @@ from analysis.cli import command, experiment_option
 from analysis.figures import StudyFigures, study_figures
 from analysis.plots import png_bytes
 from analysis.query import AnalysisError, Tracking, run_url
+from analysis.search import SearchFigures, search_figures, top_columns
 from analysis.tables import Column
 from cifar_mlflow.reachability import is_server_uri, redact_uri
 
@@ -115,6 +117,29 @@ def collect(tracking: Tracking, experiment: str | None = None) -> list[StudyResu
         except AnalysisError as error:
             results.append(StudyResult(section, None, str(error)))
     return results
+
+
+def collect_searches(tracking: Tracking, experiment: str | None = None) -> list[SearchFigures]:
+    """The latest finished sweep of every searched study, drawn; none when no search ran."""
+    return [
+        search_figures(tracking, tracking.find_sweep(study, experiment))
+        for study in tracking.searched_studies(experiment)
+    ]
+
+
+def _search_html(result: SearchFigures, tracking_uri: str) -> str:
+    sweep, search = result.sweep, result.search
+    stopped = int((search["outcome"] == "stopped").sum())
+    parts = [
+        f"<h2>Search <code>{html.escape(sweep.study)}</code></h2>",
+        f"<p>{len(search)} trials, {stopped} stopped early; latest sweep: "
+        f"{_run_ref(tracking_uri, sweep.experiment_id, sweep.run_id)}. Searched: "
+        f"{html.escape(', '.join(sweep.varied))}.</p>",
+        *(_img(png_bytes(figure), stem) for stem, figure in result.figures.items()),
+        "<h3>Top trials</h3>",
+        tables.html(tables.display(result.top, top_columns(result.top, sweep.varied))),
+    ]
+    return "\n".join(parts)
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -223,6 +248,7 @@ def render_report(
     tracking_uri: str,
     generated: datetime,
     champions: pd.DataFrame | None = None,
+    searches: Sequence[SearchFigures] = (),
 ) -> str:
     """The report as one HTML document (pure: everything comes from the arguments)."""
     missing = [result.section.study for result in results if result.figures is None]
@@ -251,6 +277,7 @@ def render_report(
         "<h2>Registered models</h2>",
         _champions_html(champions if champions is not None else pd.DataFrame()),
         *(_section_html(result, tracking_uri) for result in results),
+        *(_search_html(search, tracking_uri) for search in searches),
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -273,12 +300,14 @@ def main(output: Path, experiment: str | None) -> None:
     """Write one self-contained HTML report of every study, figure and table."""
     tracking = Tracking()
     results = collect(tracking, experiment)
+    searches = collect_searches(tracking, experiment)
     output.write_text(
         render_report(
             results,
             tracking.tracking_uri,
             datetime.now(timezone.utc),
             tracking.registered_champions(),
+            searches,
         ),
         encoding="utf-8",
     )

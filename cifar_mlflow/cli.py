@@ -146,6 +146,12 @@ def train(experiment: str, study: str, resume: str | None, **options: Any) -> No
     "--seeds", default=None, metavar="N", help="Seeds per setting [default: the study's]."
 )
 @click.option(
+    "--trials",
+    default=None,
+    metavar="N",
+    help="Trials of a searched study, earlier sweeps' included [default: the study's].",
+)
+@click.option(
     "--executor",
     default="local",
     show_default=True,
@@ -192,6 +198,7 @@ def train(experiment: str, study: str, resume: str | None, **options: Any) -> No
 def sweep(
     study: str,
     seeds: str | None,
+    trials: str | None,
     executor: str,
     ray_address: str,
     cpus_per_trial: float,
@@ -214,7 +221,8 @@ def sweep(
         result = run_sweep(
             loaded,
             overrides_from(options),
-            seeds=parse_seeds(seeds),
+            seeds=parse_count("seeds", seeds),
+            trials=parse_count("trials", trials),
             executor=executor,
             ray_options=RayOptions(ray_address, cpus_per_trial, gpus_per_trial),
             experiment=experiment,
@@ -225,22 +233,25 @@ def sweep(
             click.echo(f"FAILED {outcome.config.run_name()}: {outcome.error}", err=True)
         click.echo(f"Sweep {loaded.name}: {failure}. {failure.result.link}", err=True)
         sys.exit(1)
+    shown = (TrialStatus.FINISHED, TrialStatus.REUSED)
+    if loaded.search is not None:
+        shown = (TrialStatus.FINISHED, TrialStatus.STOPPED, TrialStatus.REUSED)
     counts = ", ".join(
-        f"{sum(o.status is status for o in result.outcomes)} {status.value}"
-        for status in (TrialStatus.FINISHED, TrialStatus.REUSED)
+        f"{sum(o.status is status for o in result.outcomes)} {status.value}" for status in shown
     )
     click.echo(f"Sweep {loaded.name}: {counts}. {result.link}")
 
 
-def parse_seeds(seeds: str | None) -> int | None:
-    if not seeds:  # `mlflow run` passes "" for "the study's own number"
+def parse_count(name: str, text: str | None) -> int | None:
+    """`--seeds`/`--trials`: an integer >= 1, or None for the study's own number."""
+    if not text:  # `mlflow run` passes "" for "the study's own number"
         return None
     try:
-        count = int(seeds)
+        count = int(text)
     except ValueError:
         count = 0
     if count < 1:
-        raise UserError(f"seeds must be an integer >= 1, got {seeds!r}")
+        raise UserError(f"{name} must be an integer >= 1, got {text!r}")
     return count
 
 

@@ -46,6 +46,9 @@ class Callback:
     `on_batch_end`, per epoch `on_epoch_end` — after the epoch's state is held for its
     checkpoint and before that checkpoint's write starts — then `on_test_start` once the final
     model's inference time is measured, and `on_train_end` with the final metrics.
+
+    A callback stops training early by raising `StopTraining` in `on_epoch_end`: every callback
+    still gets that epoch, then `on_train_stopped` replaces the test split and `on_train_end`.
     """
 
     def on_train_start(
@@ -68,6 +71,13 @@ class Callback:
 
     def on_train_end(self, model: nn.Module, metrics: FinalMetrics) -> None:
         pass
+
+    def on_train_stopped(self, epoch: int) -> None:
+        """A callback stopped training after `epoch`: no test split, no final metrics."""
+
+
+class StopTraining(Exception):
+    """Raised by a callback's `on_epoch_end` to end training after that epoch (early stopping)."""
 
 
 class NonFiniteLossError(TrainingError):
@@ -197,8 +207,10 @@ def fit(
     callbacks: Sequence[Callback] = (),
     resume: TrainingState | None = None,
     checkpoint: Path | None = None,
-) -> tuple[nn.Module, FinalMetrics]:
+) -> tuple[nn.Module, FinalMetrics | None]:
     """Train `config` on `data`: epochs of train + valid, then the test split once.
+
+    The final metrics are None when a callback stopped training early (`StopTraining`).
 
     With `checkpoint`, each epoch's state is written there (see `CheckpointWriter`). With
     `resume`, training continues after the checkpointed epoch exactly as if it had never
@@ -263,10 +275,18 @@ def fit(
                         **global_random_state(),
                     )
                 )
+            stop = False
             for callback in callbacks:
-                callback.on_epoch_end(metrics)
+                try:
+                    callback.on_epoch_end(metrics)
+                except StopTraining:
+                    stop = True
             if writer is not None:
                 writer.start_write()
+            if stop:
+                for callback in callbacks:
+                    callback.on_train_stopped(epoch)
+                return model, None
 
     # The first epoch pays for warm-up (allocator, cuDNN autotuning, compiling), so it is left out.
     train_epoch_time = statistics.median(epoch_times[1:] or epoch_times)

@@ -61,6 +61,11 @@ class ProgressCallback(Callback):
         else:
             click.echo(f"{self.label} epoch {metrics.epoch}/{self.num_epochs}: {summary}", err=True)
 
+    def on_train_stopped(self, epoch: int) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        click.echo(f"{self.label}: stopped early at epoch {epoch}", err=True)
+
     def on_train_end(self, model: nn.Module, metrics: FinalMetrics) -> None:
         click.echo(
             f"{self.label}: test_acc {metrics.test_acc:.4f} test_loss {metrics.test_loss:.4f} "

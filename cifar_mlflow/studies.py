@@ -8,8 +8,10 @@ A study file is YAML that users copy and extend:
     grid: {lr: [0.1, 0.01, 0.001, 0.0001, 0.00001]}
     seeds: 1          # settings are repeated with seeds seed, seed+1, ...
 
-Every trial's configuration is built and validated when the file is loaded, so a malformed
-study fails before any run is created.
+Instead of `grid` (and `seeds`), a study may declare a `search`: distributions per option,
+sampled for `trials` trials (see `search_space`). Every trial's configuration, or every value a
+search can sample, is validated when the file is loaded, so a malformed study fails before any
+run is created.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import yaml
 
 from cifar_mlflow.config import ConfigError, TrainConfig
 from cifar_mlflow.errors import UserError
+from cifar_mlflow.search_space import SEARCH_KEYS, SearchError, SearchSpec, parse_search
 
 BUILTIN_STUDY_DIR = Path(__file__).resolve().parent.parent / "studies"
-STUDY_KEYS = ("description", "model", "fixed", "grid", "seeds")
+STUDY_KEYS = ("description", "model", "fixed", "grid", "seeds", "search", *SEARCH_KEYS)
 
 
 class StudyError(UserError):
@@ -43,26 +46,37 @@ class Study:
     grid: Mapping[str, list[Any]]
     seeds: int
     text: str  # the file as written, logged with the sweep
+    search: SearchSpec | None = None  # a searched study has no grid
 
     @property
     def varied(self) -> tuple[str, ...]:
-        return tuple(self.grid)
+        return self.search.names if self.search else tuple(self.grid)
 
-    def trial_configs(
-        self, overrides: Mapping[str, Any] | None = None, seeds: int | None = None
-    ) -> list[TrainConfig]:
-        """One config per grid point and seed: defaults ← fixed ← overrides ← grid point.
+    def base_config(self, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+        """Defaults ← fixed ← overrides: what every trial shares before its varied options.
 
         Overrides (`-P epochs=5`) apply to every trial but cannot change what the study varies.
         """
         overrides = dict(overrides or {})
-        clash = sorted(set(overrides) & set(self.grid))
+        clash = sorted(set(overrides) & set(self.varied))
         if clash:
             raise StudyError(
                 f"{clash[0]} is varied by study {self.name!r} and cannot be overridden"
             )
         try:
             base = TrainConfig.from_overrides({"model": self.model, **self.fixed, **overrides})
+            if self.search is not None:
+                self.search.check_epochs(base.epochs)
+        except (ConfigError, SearchError) as error:
+            raise StudyError(f"study {self.name!r}: {error}") from None
+        return base
+
+    def trial_configs(
+        self, overrides: Mapping[str, Any] | None = None, seeds: int | None = None
+    ) -> list[TrainConfig]:
+        """One config per grid point and seed: `base_config(overrides)` ← grid point."""
+        base = self.base_config(overrides)
+        try:
             num_seeds = self.seeds if seeds is None else seeds
             if num_seeds < 1:
                 raise StudyError(f"seeds must be an integer >= 1, got {num_seeds}")
@@ -102,7 +116,8 @@ def load_study(name_or_path: str) -> Study:
         line = f" at line {where.line + 1}" if where else ""
         raise StudyError(f"study file {path} is not valid YAML{line}") from None
     study = _parse_study(path.stem, content, text, path)
-    study.trial_configs()  # a bad setting fails now, not after other trials have run
+    if study.search is None:
+        study.trial_configs()  # a bad setting fails now, not after other trials have run
     return study
 
 
@@ -127,7 +142,7 @@ def _parse_study(name: str, content: Any, text: str, path: Path) -> Study:
         raise StudyError(f"study file {path}: `grid` must map options to non-empty lists")
     if not isinstance(seeds, int) or isinstance(seeds, bool):
         raise StudyError(f"study file {path}: `seeds` must be an integer >= 1, got {seeds!r}")
-    return Study(
+    study = Study(
         name=name,
         description=str(content.get("description", "")),
         model=str(content["model"]),
@@ -136,3 +151,22 @@ def _parse_study(name: str, content: Any, text: str, path: Path) -> Study:
         seeds=seeds,
         text=text,
     )
+    return _with_search(study, content, path)
+
+
+def _with_search(study: Study, content: dict, path: Path) -> Study:
+    """`study` with its `search` section parsed and validated, when it has one."""
+    if "search" not in content:
+        stray = sorted(set(content) & set(SEARCH_KEYS))
+        if stray:
+            raise StudyError(f"study file {path}: {stray[0]!r} needs a `search` section")
+        return study
+    if "grid" in content or "seeds" in content:
+        extra = "grid" if "grid" in content else "seeds"
+        raise StudyError(f"study file {path}: a study has `grid` or `search`, not `{extra}` too")
+    base = study.base_config()
+    try:
+        search = parse_search(content, base)
+    except SearchError as error:
+        raise StudyError(f"study file {path}: {error}") from None
+    return dataclasses.replace(study, search=search)

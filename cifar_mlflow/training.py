@@ -29,8 +29,11 @@ def train_tracked(
     experiment: str | None = None,
     callbacks: Sequence[Callback] = (),
     resume: TrainingState | None = None,
-) -> tuple[Run, FinalMetrics]:
+) -> tuple[Run, FinalMetrics | None]:
     """Train `config` on `arrays` inside a tracked run; returns the finished run.
+
+    A run that a callback stopped early (see `engine.StopTraining`) ends FINISHED with its
+    `stopped_at_epoch` tag and no final metrics (None).
 
     Each epoch is checkpointed; with `resume` (the checkpoint of run `run_id`) training
     continues after its epoch, and epochs the server never received are logged first.

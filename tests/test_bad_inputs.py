@@ -18,6 +18,24 @@ from cifar_mlflow.environment import available_devices
 from cifar_mlflow.tracking.client import CLIENT_CREDENTIAL_VARIABLES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+# Broken searched studies (issue 14), each a variation of one valid search.
+SEARCH = (
+    "model: mlp\nfixed: {epochs: 4}\nsearch: {lr: {log_uniform: [1.0e-5, 1.0e-1]}}\ntrials: 4\n"
+)
+BAD_SEARCHES = {
+    "s_normal.yaml": SEARCH.replace("log_uniform", "normal"),
+    "s_low_high.yaml": SEARCH.replace("[1.0e-5, 1.0e-1]", "[0.1, 0.01]"),
+    "s_log_zero.yaml": SEARCH.replace("1.0e-5", "0"),
+    "s_option.yaml": SEARCH.replace("{lr:", "{learning_rate:"),
+    "s_grid.yaml": SEARCH + "grid: {activation: [relu, tanh]}\n",
+    "s_trials.yaml": SEARCH.replace("trials: 4", "trials: 0"),
+    "s_sampler.yaml": SEARCH + "sampler: cmaes\n",
+    "s_pruner.yaml": SEARCH + "pruner: asha\n",
+    "s_min_epochs.yaml": SEARCH + "min_epochs: 5\n",
+    "s_refused.yaml": SEARCH.replace(
+        "lr: {log_uniform: [1.0e-5, 1.0e-1]}", "drop_rate: {uniform: [0, 1]}"
+    ),
+}
 
 
 def table_rows() -> list[tuple[str, str]]:
@@ -56,6 +74,8 @@ def bad_files(tracking_store: str, tmp_path: Path) -> Path:
     (tmp_path / "other-model" / "MLmodel").write_text(
         "flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n"
     )
+    for name, text in BAD_SEARCHES.items():
+        (tmp_path / name).write_text(text)
     return tmp_path
 
 

@@ -2,5 +2,7 @@
 
 `sweep` decides which trials to run and summarises them; `trials` is what every executor
 shares (a trial, its outcome, running one); `parent_run` holds the sweep's MLflow calls;
-`local` and `ray_executor` decide where the missing trials run.
+`local` and `ray_executor` decide where the missing trials run. A searched study's trials
+come from `search` (its runs → `search_state`, the Optuna study; `early_stopping`, the
+callback that consults it).
 """

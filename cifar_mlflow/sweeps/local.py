@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import CifarArrays, load_arrays
 from cifar_mlflow.sweeps.parent_run import SweepParent
 from cifar_mlflow.sweeps.trials import Trial, TrialOutcome, run_trial
+
+T = TypeVar("T")
 
 
 def data_sets(configs: Sequence[TrainConfig]) -> dict[tuple[str, str], CifarArrays]:
@@ -26,9 +29,12 @@ class LocalExecutor:
     def __init__(self, configs: Sequence[TrainConfig]) -> None:
         self.arrays = data_sets(configs)
 
+    def host(self, kind: type[T], *args: Any) -> T:
+        return kind(*args)  # the trials run in this process
+
     def run(
-        self, trials: Sequence[Trial], parent: SweepParent, study_name: str
+        self, trials: Iterable[Trial], parent: SweepParent, study_name: str
     ) -> Iterator[tuple[Trial, TrialOutcome]]:
         for trial in trials:
             data = self.arrays[trial.config.dataset, trial.config.data_dir]
-            yield trial, run_trial(trial.config, data, study_name, parent, trial.label)
+            yield trial, run_trial(trial, data, study_name, parent)

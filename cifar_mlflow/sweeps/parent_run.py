@@ -53,7 +53,12 @@ def sweep_run(
         yield SweepParent(run.info.run_id, run.info.experiment_id)
 
 
-def create_trial_run(parent: SweepParent, config: TrainConfig, study_name: str) -> str:
+def create_trial_run(
+    parent: SweepParent,
+    config: TrainConfig,
+    study_name: str,
+    tags: Mapping[str, str] | None = None,
+) -> str:
     """A child run of `parent` for one trial, to be filled by `train_tracked(run_id=...)`."""
     run = MlflowClient().create_run(
         parent.experiment_id,
@@ -62,14 +67,16 @@ def create_trial_run(parent: SweepParent, config: TrainConfig, study_name: str) 
             schema.TAG_PARENT_RUN_ID: parent.run_id,
             schema.TAG_ROLE: schema.ROLE_TRIAL,
             schema.TAG_STUDY: study_name,
+            **(tags or {}),
         },
     )
     return run.info.run_id
 
 
-def adopt_trial_run(parent: SweepParent, run_id: str) -> None:
-    """Move a trial under `parent`, where the sweep that continues it shows it."""
-    MlflowClient().set_tag(run_id, schema.TAG_PARENT_RUN_ID, parent.run_id)
+def adopt_trial_run(parent: SweepParent, run_id: str, tags: Mapping[str, str]) -> None:
+    """Move a trial under `parent`, where the sweep that continues it shows it, with `tags`."""
+    tags = {schema.TAG_PARENT_RUN_ID: parent.run_id, **tags}
+    MlflowClient().log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
 
 
 def record_sweep_summary(
@@ -84,6 +91,8 @@ def record_sweep_summary(
         schema.METRIC_TRIALS_FAILED: counts.get("failed", 0),
         schema.METRIC_TRIALS_REUSED: counts.get("reused", 0),
     }
+    if "stopped" in counts:  # only a search stops trials
+        metrics[schema.METRIC_TRIALS_STOPPED] = counts["stopped"]
     tags = {schema.TAG_REUSED_RUN_IDS: ",".join(reused_run_ids)}
     if best is not None:
         tags[schema.TAG_BEST_RUN_ID] = best[0]

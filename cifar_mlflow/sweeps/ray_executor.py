@@ -17,7 +17,8 @@ import contextlib
 import ipaddress
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import ray
@@ -34,6 +35,7 @@ from cifar_mlflow.sweeps.ray_options import RayOptions
 from cifar_mlflow.sweeps.trials import Trial, TrialOutcome, run_trial
 from cifar_mlflow.tracking.client import use_worker_environment
 
+T = TypeVar("T")
 # "" lets `ray.init()` join a Ray instance running on this machine or start one; "local"
 # always starts one.
 LOCAL_ADDRESSES = ("", "local")
@@ -131,14 +133,30 @@ def connected(options: RayOptions, tracking_env: Mapping[str, str]) -> Iterator[
 
 
 class RayExecutor:
-    """All missing trials at once as Ray tasks; Ray runs as many as the resources allow."""
+    """The missing trials as Ray tasks, as many at a time as the cluster's resources allow.
+
+    A trial is taken from `trials` when a task slot is free, so a search asks for its next
+    trial once an earlier one has ended and informed the sampler.
+    """
 
     def __init__(self, options: RayOptions, tracking_env: Mapping[str, str]) -> None:
         self.options = options
         self.tracking_env = dict(tracking_env)
 
+    def host(self, kind: type[T], *args: Any) -> T:
+        """`kind(*args)` in a Ray actor, behind a proxy that the trials' tasks call too."""
+        return ActorProxy(ray.remote(num_cpus=0)(kind).remote(*args))  # type: ignore[return-value]
+
+    def slots(self) -> int:
+        """Trials the cluster can run at once: its CPUs (and GPUs) over a trial's share."""
+        resources = ray.cluster_resources()
+        shares = [resources.get("CPU", 1.0) / self.options.cpus_per_trial]
+        if self.options.gpus_per_trial > 0:
+            shares.append(resources.get("GPU", 0.0) / self.options.gpus_per_trial)
+        return max(1, int(min(shares)))
+
     def run(
-        self, trials: Sequence[Trial], parent: SweepParent, study_name: str
+        self, trials: Iterable[Trial], parent: SweepParent, study_name: str
     ) -> Iterator[tuple[Trial, TrialOutcome]]:
         task = train_trial.options(
             num_cpus=self.options.cpus_per_trial,
@@ -149,14 +167,21 @@ class RayExecutor:
         )
         threads = max(1, int(self.options.cpus_per_trial))
         pending: dict[ray.ObjectRef, Trial] = {}
-        for trial in trials:
-            args = (trial.config, trial.label, study_name, parent, self.tracking_env, threads)
-            pending[task.remote(*args)] = trial
+        queue, slots = iter(trials), self.slots()
+
+        def submit_next() -> None:
+            trial = next(queue, None)
+            if trial is not None:
+                pending[task.remote(trial, study_name, parent, self.tracking_env, threads)] = trial
+
         try:
+            for _ in range(slots):
+                submit_next()
             while pending:
                 (done,), _ = ray.wait(list(pending), num_returns=1)
                 trial = pending.pop(done)
                 yield trial, outcome_of(done, trial.config)
+                submit_next()
         finally:
             # Ctrl-C or an error in the sweep: the running trials end KILLED, keeping their
             # checkpoints for the next sweep, and the queued ones never start.
@@ -164,6 +189,22 @@ class RayExecutor:
                 ray.cancel(ref)
             if pending:
                 ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE_S)
+
+
+class ActorProxy:
+    """Calls an actor's methods and waits for their results, as if it were the object itself.
+
+    It pickles (the actor's handle does), so a trial's task gets the same actor as the sweep.
+    """
+
+    def __init__(self, actor: ray.actor.ActorHandle) -> None:
+        self.actor = actor
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):  # pickle's probes, and `actor` before unpickling set it
+            raise AttributeError(name)
+        method = getattr(self.actor, name)
+        return lambda *args: ray.get(method.remote(*args))
 
 
 def outcome_of(ref: ray.ObjectRef, config: TrainConfig) -> TrialOutcome:
@@ -180,8 +221,7 @@ def outcome_of(ref: ray.ObjectRef, config: TrainConfig) -> TrialOutcome:
 
 @ray.remote
 def train_trial(
-    config: TrainConfig,
-    label: str,
+    trial: Trial,
     study_name: str,
     parent: SweepParent,
     tracking_env: Mapping[str, str],
@@ -194,7 +234,7 @@ def train_trial(
     # this worker process: trials that share a machine must not oversubscribe its cores.
     torch.set_num_threads(threads)
     try:
-        arrays = load_arrays(config)
+        arrays = load_arrays(trial.config)
     except UserError as error:
-        return TrialOutcome.failed(config, None, error)
-    return run_trial(config, arrays, study_name, parent, label)
+        return TrialOutcome.failed(trial.config, None, error)
+    return run_trial(trial, arrays, study_name, parent)

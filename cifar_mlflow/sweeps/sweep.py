@@ -3,6 +3,8 @@
 A trial whose `trial_key` already has a FINISHED run in the experiment is reused, not run
 again, so an interrupted or partly failed sweep is finished by running the same command again.
 A trial that raises is recorded FAILED on its run and the sweep goes on with the next one.
+A study with a `search` instead of a grid samples its trials (`search`, which imports Optuna
+only for such a study).
 
 The sweep decides which trials to run and collects and summarises their outcomes; an executor
 only decides where the missing trials run: one after another in this process (`local`), or as
@@ -81,6 +83,7 @@ def run_sweep(
     overrides: Mapping[str, str],
     *,
     seeds: int | None = None,
+    trials: int | None = None,
     executor: str = "local",
     ray_options: RayOptions | None = None,
     experiment: str | None = None,
@@ -89,11 +92,23 @@ def run_sweep(
 ) -> SweepResult:
     """Run `study` with `overrides` as one parent run with a nested run per missing trial.
 
+    `trials` overrides a searched study's number of trials; `seeds` a grid's number of seeds.
     With `register`, the best trial becomes `cifar10-<study>@champion` if it beats the
     champion (`registry.register_sweep_champion`).
     """
     ray_options = ray_options or RayOptions()
-    configs = study.trial_configs(overrides, seeds)
+    if study.search is None:
+        if trials is not None:
+            raise UserError(f"trials needs a study with a `search`; {study.name!r} has a grid")
+        configs = study.trial_configs(overrides, seeds)
+        counts = {"seeds": str(seeds or study.seeds)}
+    else:
+        if seeds is not None:
+            raise UserError(f"seeds needs a study with a `grid`; {study.name!r} has a search")
+        configs = [study.base_config(overrides)]
+        from cifar_mlflow.sweeps.search import run_search_trials  # Optuna: only for a search
+
+        counts = {"trials": str(trials or study.search.trials)}
     if executor == "ray":
         ray_options.check_devices(configs)
     for setting in {(c.device, c.precision, c.checkpoint_dir): c for c in configs}.values():
@@ -101,7 +116,7 @@ def run_sweep(
     where = executor_for(executor, configs, ray_options)
     params = {
         "study": study.name,
-        "seeds": str(seeds or study.seeds),
+        **counts,
         "executor": executor,
         **(ray_options.params() if executor == "ray" else {}),
         **overrides,
@@ -117,7 +132,11 @@ def run_sweep(
             experiment=experiment,
         ) as parent,
     ):
-        outcomes = run_missing_trials(runner, configs, parent, study.name, echo)
+        if study.search is None:
+            outcomes = run_missing_trials(runner, configs, parent, study.name, echo)
+        else:
+            total = trials or study.search.trials
+            outcomes = run_search_trials(runner, study, configs[0], total, parent, echo)
         summarise(parent, outcomes)
         if register:
             register_sweep_champion(study.name, parent.run_id, echo)

@@ -112,6 +112,10 @@ class MlflowCallback(Callback):
             # failed keeps its results all the same.
             self._log_metrics(metrics.metrics(), step=0, model_id=model_id)
 
+    def on_train_stopped(self, epoch: int) -> None:
+        self._wait_described()
+        MlflowClient().set_tag(self.run.info.run_id, schema.TAG_STOPPED_AT_EPOCH, str(epoch))
+
     def _log_artifacts(self, model: nn.Module) -> str:
         """Uploads the final model's artifacts; returns the logged model's id."""
         config = {"config": self.config.to_params(), "trial_key": self.config.trial_key()}

@@ -51,8 +51,29 @@ def find_interrupted_run(experiment_id: str, trial_key: str) -> Run | None:
 
 
 def find_finished_run(experiment_id: str, trial_key: str) -> Run | None:
-    """The latest FINISHED run of `trial_key` in the experiment, if any."""
-    return latest_trial_run(experiment_id, trial_key, "attributes.status = 'FINISHED'")
+    """The latest run of `trial_key` in the experiment that FINISHED all its epochs, if any.
+
+    A trial a search stopped early is FINISHED too, but trained only part of its epochs.
+    """
+    finished = f"attributes.status = 'FINISHED' and tags.{schema.TAG_STOPPED_AT_EPOCH} IS NULL"
+    return latest_trial_run(experiment_id, trial_key, finished)
+
+
+def search_trial_runs(experiment_id: str, search_key: str) -> list[Run]:
+    """Every trial run of the search `search_key` in the experiment, whatever its status."""
+    client, runs, token = MlflowClient(), [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.{schema.TAG_SEARCH_KEY} = '{search_key}' and "
+            f"tags.{schema.TAG_ROLE} = '{schema.ROLE_TRIAL}'",
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        runs += page
+        token = page.token
+        if not token:
+            return runs
 
 
 def latest_trial_run(experiment_id: str, trial_key: str, status_filter: str) -> Run | None:

@@ -1,0 +1,69 @@
+"""Pure pandas for a searched study: trials and `valid_acc` histories → what its figures and
+table show. Nothing here touches MLflow; every function is tested on hand-made frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import yaml
+
+from analysis.frames import parse_param
+from cifar_mlflow import schema
+
+COMPLETE = "complete"
+STOPPED = "stopped"
+SEARCH_COLUMNS = ["run_id", "run_name", "trial_number", "outcome", "stopped_at_epoch", "objective"]
+
+
+def searched_kinds(study_text: str) -> dict[str, str]:
+    """Each searched option's distribution (`log_uniform`, `choice`...) from the study file."""
+    search = (yaml.safe_load(study_text) or {}).get("search") or {}
+    return {name: next(iter(spec)) for name, spec in search.items() if isinstance(spec, dict)}
+
+
+def search_trials(
+    trials: pd.DataFrame, valid_acc: pd.DataFrame, names: Sequence[str]
+) -> pd.DataFrame:
+    """One row per trial, by trial number: how it ended, its objective, its searched values.
+
+    `trials` as `analysis.query` returns them; `valid_acc` is the long history frame of the
+    `valid_acc` metric. The objective is the best `valid_acc` the trial reached: its
+    `best_valid_acc` when complete, the best of its epochs when stopped early.
+    """
+    best = valid_acc.groupby("run_id")["value"].max()
+    stop_tag = f"tags.{schema.TAG_STOPPED_AT_EPOCH}"
+    stopped = trials[stop_tag] if stop_tag in trials else pd.Series(pd.NA, index=trials.index)
+    frame = pd.DataFrame(
+        {
+            "run_id": trials["run_id"],
+            "run_name": trials["run_name"],
+            "trial_number": trials[f"tags.{schema.TAG_TRIAL_NUMBER}"].astype(int),
+            "outcome": [STOPPED if pd.notna(s) else COMPLETE for s in stopped],
+            "stopped_at_epoch": pd.to_numeric(stopped, errors="coerce").astype("Int64"),
+            "objective": trials["run_id"].map(best),
+            "test_acc": trials.get("metrics.test_acc", pd.Series(float("nan"), trials.index)),
+        }
+    )
+    for name in names:
+        frame[name] = trials[f"params.{name}"].map(parse_param)
+    return frame.sort_values("trial_number").reset_index(drop=True)
+
+
+def best_so_far(search: pd.DataFrame) -> pd.Series:
+    """After each trial, the best objective of the complete trials so far (NaN before any)."""
+    complete = search["objective"].where(search["outcome"] == COMPLETE)
+    return complete.cummax().ffill()  # cummax leaves NaN where a trial was stopped
+
+
+def top_trials(search: pd.DataFrame, names: Sequence[str], count: int = 10) -> pd.DataFrame:
+    """The best complete trials by objective (never by test accuracy), best first."""
+    complete = search[search["outcome"] == COMPLETE]
+    ranked = complete.sort_values("objective", ascending=False).head(count)
+    return ranked[["trial_number", *names, "objective", "test_acc"]].reset_index(drop=True)
+
+
+def value_format(values: pd.Series) -> str:
+    """How a searched option's values are shown: words as they are, numbers to four digits."""
+    return "" if values.map(lambda value: isinstance(value, str)).any() else ".4g"
