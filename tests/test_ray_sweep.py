@@ -257,6 +257,7 @@ def test_cpus_per_trial_sets_the_trials_torch_threads(monkeypatch, cpus, threads
     train_trial, task = ray_executor.train_trial, RecordingTask()
     monkeypatch.setattr(ray_executor, "train_trial", task)
     executor = ray_executor.RayExecutor(RayOptions(cpus_per_trial=cpus), {})
+    monkeypatch.setattr(executor, "slots", lambda: 1)  # no cluster to ask
     with pytest.raises(Dispatched) as dispatched:
         next(executor.run([Trial(1, TrainConfig(), "[1/1]")], parent=None, study_name="s"))
     assert task.options_given["num_cpus"] == cpus
