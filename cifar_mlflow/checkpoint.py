@@ -54,6 +54,20 @@ def restore_global_random_state(state: TrainingState) -> None:
             torch.cuda.set_rng_state(rng, index)
 
 
+def align_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor its parameter's device, dtype and memory layout.
+
+    `load_state_dict` moves the state to the parameter's device but keeps the saved strides:
+    moments saved from channels-last weights (CPU, CUDA) and loaded for contiguous ones (MPS),
+    or the other way round, would reach a fused CUDA kernel that requires matching layouts.
+    """
+    for param, param_state in optimizer.state.items():
+        for name, value in param_state.items():
+            same_shape = isinstance(value, torch.Tensor) and value.shape == param.shape
+            if same_shape and (value.stride() != param.stride() or value.device != param.device):
+                param_state[name] = torch.empty_like(param).copy_(value)
+
+
 def save_checkpoint(path: Path, state: TrainingState) -> None:
     """Atomically replace the checkpoint at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)

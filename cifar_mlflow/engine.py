@@ -22,6 +22,7 @@ from torch import nn
 from cifar_mlflow.checkpoint import (
     CheckpointWriter,
     TrainingState,
+    align_optimizer_state,
     global_random_state,
     restore_global_random_state,
 )
@@ -315,11 +316,12 @@ def restore(
     A generator's state is device-specific (5,056 bytes on a CPU, 16 on CUDA), so a run
     checkpointed on one device type and continued on another cannot restore it: its stream is
     reseeded from the seed and the epoch, deterministically, and the run continues correctly
-    though not bit for bit as it would have on the first device. The optimiser's state follows
-    its parameters' device on load.
+    though not bit for bit as it would have on the first device. The optimiser's state takes
+    its parameters' device and memory layout.
     """
     model.load_state_dict(state.model)
     optimizer.load_state_dict(state.optimizer)
+    align_optimizer_state(optimizer)
     if state.device_type == generator.device.type:
         generator.set_state(state.generator)
     else:
