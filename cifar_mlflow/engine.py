@@ -30,6 +30,7 @@ from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import DeviceData, Split, augment
 from cifar_mlflow.environment import Environment
 from cifar_mlflow.errors import TrainingError
+from cifar_mlflow.eval_memory import with_eval_batch_for_memory
 from cifar_mlflow.models import build_model, count_parameters
 from cifar_mlflow.schema import EpochMetrics, FinalMetrics
 
@@ -207,6 +208,7 @@ def fit(
     """
     torch.manual_seed(config.seed)
     model = build_model(config, data.num_classes).to(env.device, memory_format=env.memory_format)
+    env = with_eval_batch_for_memory(env, model, data.valid.images[:1])
     optimizer = build_optimizer(config, model, env.device)
     # Training and evaluation go through `forward`; callbacks and the caller get `model` itself.
     forward = env.compiled(model)
