@@ -100,16 +100,26 @@ class CheckpointWriter:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._unwritten: TrainingState | None = None
         self._pending: Future | None = None
+        self._copied: torch.cuda.Event | None = None  # the held state's device-to-host copies
 
     def hold(self, state: TrainingState) -> None:
-        """Copy `state`: training goes on changing the weights and optimiser state in place."""
+        """Copy `state`: training goes on changing the weights and optimiser state in place.
+
+        From a GPU the copies go into pinned host memory without blocking the loop; the
+        writer waits for them on `_copied`, an event recorded after them on the same stream,
+        so later training steps cannot change what they read.
+        """
         self.wait()
         self._unwritten = TrainingState(**_copy_to_cpu(vars(state)))
+        self._copied = None
+        if _holds_cuda_tensors(vars(state)):
+            self._copied = torch.cuda.Event()
+            self._copied.record()
 
     def start_write(self) -> None:
         if self._unwritten is not None:
             state, self._unwritten = self._unwritten, None
-            self._pending = self._writer.submit(save_checkpoint, self.path, state)
+            self._pending = self._writer.submit(_write_when_copied, self.path, state, self._copied)
 
     def wait(self) -> None:
         """Block until the last checkpoint is on disk; raises if writing it failed."""
@@ -128,8 +138,31 @@ class CheckpointWriter:
             self._writer.shutdown()
 
 
+def _write_when_copied(path: Path, state: TrainingState, copied: torch.cuda.Event | None) -> None:
+    if copied is not None:
+        copied.synchronize()
+    save_checkpoint(path, state)
+
+
+def _holds_cuda_tensors(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.is_cuda
+    if isinstance(value, dict):
+        return any(_holds_cuda_tensors(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_cuda_tensors(item) for item in value)
+    return False
+
+
 def _copy_to_cpu(value: Any) -> Any:
-    """`value` with every tensor copied to the CPU and every container copied."""
+    """`value` with every tensor copied to the CPU and every container copied.
+
+    A CUDA tensor's copy is queued into pinned memory and is complete only once the stream
+    reaches it (`CheckpointWriter.hold` records the event to wait for).
+    """
+    if isinstance(value, torch.Tensor) and value.is_cuda:
+        pinned = torch.empty_like(value, device="cpu", pin_memory=True)
+        return pinned.copy_(value.detach(), non_blocking=True)
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", copy=True)
     if isinstance(value, dict):
