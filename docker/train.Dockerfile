@@ -4,6 +4,7 @@ FROM python:3.11-slim-bookworm
 
 WORKDIR /app
 COPY . .
-RUN pip install --no-cache-dir .
+# `[gpu]`: nvidia-ml-py, without which MLflow records no GPU utilisation or memory.
+RUN pip install --no-cache-dir ".[gpu]"
 
 ENTRYPOINT ["python", "-m", "cifar_mlflow"]
