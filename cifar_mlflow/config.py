@@ -98,7 +98,7 @@ class TrainConfig:
         default=False,
         metadata=_help(
             "torch.compile the model (needs a C compiler); on CUDA with CUDA graphs "
-            "(mode reduce-overhead). Compiling is paid in the first epoch."
+            "(mode reduce-overhead). Compiling is paid in the first epoch; slower on a CPU."
         ),
     )
 
