@@ -325,8 +325,9 @@ def bench_model(
         batch_size=BATCH_SIZE,
         device=device,
         precision=precision,
+        compile=compile,
     )
-    env = environment.environment_for(config, compile=compile)
+    env = environment.environment_for(config)
     splits = data.to_device(arrays, config, env.device, env.memory_format)
     project, data_only = project_loop(config, env, splits)
     # The same train images as the project's split: the seeded split, then the first N.

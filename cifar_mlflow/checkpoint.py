@@ -54,6 +54,20 @@ def restore_global_random_state(state: TrainingState) -> None:
             torch.cuda.set_rng_state(rng, index)
 
 
+def align_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor its parameter's device, dtype and memory layout.
+
+    `load_state_dict` moves the state to the parameter's device but keeps the saved strides:
+    moments saved from channels-last weights (CPU, CUDA) and loaded for contiguous ones (MPS),
+    or the other way round, would reach a fused CUDA kernel that requires matching layouts.
+    """
+    for param, param_state in optimizer.state.items():
+        for name, value in param_state.items():
+            same_shape = isinstance(value, torch.Tensor) and value.shape == param.shape
+            if same_shape and (value.stride() != param.stride() or value.device != param.device):
+                param_state[name] = torch.empty_like(param).copy_(value)
+
+
 def save_checkpoint(path: Path, state: TrainingState) -> None:
     """Atomically replace the checkpoint at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,16 +100,26 @@ class CheckpointWriter:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._unwritten: TrainingState | None = None
         self._pending: Future | None = None
+        self._copied: torch.cuda.Event | None = None  # the held state's device-to-host copies
 
     def hold(self, state: TrainingState) -> None:
-        """Copy `state`: training goes on changing the weights and optimiser state in place."""
+        """Copy `state`: training goes on changing the weights and optimiser state in place.
+
+        From a GPU the copies go into pinned host memory without blocking the loop; the
+        writer waits for them on `_copied`, an event recorded after them on the same stream,
+        so later training steps cannot change what they read.
+        """
         self.wait()
         self._unwritten = TrainingState(**_copy_to_cpu(vars(state)))
+        self._copied = None
+        if _holds_cuda_tensors(vars(state)):
+            self._copied = torch.cuda.Event()
+            self._copied.record()
 
     def start_write(self) -> None:
         if self._unwritten is not None:
             state, self._unwritten = self._unwritten, None
-            self._pending = self._writer.submit(save_checkpoint, self.path, state)
+            self._pending = self._writer.submit(_write_when_copied, self.path, state, self._copied)
 
     def wait(self) -> None:
         """Block until the last checkpoint is on disk; raises if writing it failed."""
@@ -114,8 +138,31 @@ class CheckpointWriter:
             self._writer.shutdown()
 
 
+def _write_when_copied(path: Path, state: TrainingState, copied: torch.cuda.Event | None) -> None:
+    if copied is not None:
+        copied.synchronize()
+    save_checkpoint(path, state)
+
+
+def _holds_cuda_tensors(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.is_cuda
+    if isinstance(value, dict):
+        return any(_holds_cuda_tensors(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_cuda_tensors(item) for item in value)
+    return False
+
+
 def _copy_to_cpu(value: Any) -> Any:
-    """`value` with every tensor copied to the CPU and every container copied."""
+    """`value` with every tensor copied to the CPU and every container copied.
+
+    A CUDA tensor's copy is queued into pinned memory and is complete only once the stream
+    reaches it (`CheckpointWriter.hold` records the event to wait for).
+    """
+    if isinstance(value, torch.Tensor) and value.is_cuda:
+        pinned = torch.empty_like(value, device="cpu", pin_memory=True)
+        return pinned.copy_(value.detach(), non_blocking=True)
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", copy=True)
     if isinstance(value, dict):

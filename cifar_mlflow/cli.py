@@ -30,12 +30,15 @@ def training_options(command: Callable) -> Callable:
             names.append(f"--{field.name}")
         default = field.default if field.default is not MISSING else None
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        # `--compile` alone means true; `--compile false` is what `mlflow run` passes.
+        switch = {"flag_value": "true", "is_flag": False} if isinstance(default, bool) else {}
         command = click.option(
             *names,
             field.name,
             default=None,
             metavar="VALUE",
             help=f"{field.metadata['help']} [default: {shown}]",
+            **switch,
         )(command)
     return command
 

@@ -26,6 +26,9 @@ MIXER_ACTIVATIONS = ("gelu", "relu")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 IMAGE_SIZE = 32
+# How the same computation runs, not what it computes: a compiled trial reuses an eager one.
+HOW_IT_RUNS = ("deterministic", "compile")
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 class ConfigError(UserError):
@@ -83,6 +86,20 @@ class TrainConfig:
     checkpoint_dir: str = field(
         default="./checkpoints",
         metadata=_help("Folder of the per-epoch checkpoints (RUN_ID/last.pt), for --resume."),
+    )
+    deterministic: bool = field(
+        default=False,
+        metadata=_help(
+            "Deterministic kernels, cuDNN autotuning off: on CUDA a resumed run then repeats "
+            "an uninterrupted one exactly (slower). The CPU is deterministic either way."
+        ),
+    )
+    compile: bool = field(
+        default=False,
+        metadata=_help(
+            "torch.compile the model (needs a C compiler); on CUDA with CUDA graphs "
+            "(mode reduce-overhead). Compiling is paid in the first epoch; slower on a CPU."
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -161,10 +178,10 @@ class TrainConfig:
     def trial_key(self) -> str:
         """Stable hash of everything that changes the result of training.
 
-        Fields without effect and the locations of folders are left out, so the same trial
-        has the same key on every machine and whatever the unused options say.
+        Fields without effect, the locations of folders and how the kernels run are left out,
+        so the same trial has the same key on every machine and whatever the unused options say.
         """
-        skipped = {*self.unused_fields(), "data_dir", "checkpoint_dir"}
+        skipped = {*self.unused_fields(), "data_dir", "checkpoint_dir", *HOW_IT_RUNS}
         relevant = {k: v for k, v in self.to_params().items() if k not in skipped}
         text = json.dumps(relevant, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -181,7 +198,7 @@ class TrainConfig:
 
 def field_types() -> dict[str, type]:
     """Each config field's element type, for parsing text overrides."""
-    hints = {"tuple[int, ...]": tuple, "int": int, "float": float, "str": str}
+    hints = {"tuple[int, ...]": tuple, "int": int, "float": float, "str": str, "bool": bool}
     return {f.name: hints[str(f.type)] for f in fields(TrainConfig)}
 
 
@@ -203,11 +220,14 @@ def _parse(name: str, value: Any, kind: type) -> Any:
             if not math.isfinite(number):
                 raise ValueError(text)
             return number
-    except ValueError:
+        if kind is bool:
+            return BOOLEANS[text.lower()]
+    except (ValueError, KeyError):
         allowed = {
             tuple: "a comma-separated list of integers, e.g. 1024,512,64,64",
             int: "an integer",
             float: "a finite number",
+            bool: "true or false",
         }[kind]
         raise ConfigError(f"{name} must be {allowed}, got {value!r}") from None
     return text
@@ -216,6 +236,8 @@ def _parse(name: str, value: Any, kind: type) -> Any:
 def _format(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(map(str, value))
+    if isinstance(value, bool):
+        return str(value).lower()  # as MLproject and the CLI spell it
     return str(value)
 
 

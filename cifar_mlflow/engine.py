@@ -22,6 +22,7 @@ from torch import nn
 from cifar_mlflow.checkpoint import (
     CheckpointWriter,
     TrainingState,
+    align_optimizer_state,
     global_random_state,
     restore_global_random_state,
 )
@@ -29,6 +30,7 @@ from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import DeviceData, Split, augment
 from cifar_mlflow.environment import Environment
 from cifar_mlflow.errors import TrainingError
+from cifar_mlflow.eval_memory import with_eval_batch_for_memory
 from cifar_mlflow.models import build_model, count_parameters
 from cifar_mlflow.schema import EpochMetrics, FinalMetrics
 
@@ -218,6 +220,7 @@ def fit(
     """
     torch.manual_seed(config.seed)
     model = build_model(config, data.num_classes).to(env.device, memory_format=env.memory_format)
+    env = with_eval_batch_for_memory(env, model, data.valid.images[:1])
     optimizer = build_optimizer(config, model, env.device)
     # Training and evaluation go through `forward`; callbacks and the caller get `model` itself.
     forward = env.compiled(model)
@@ -335,11 +338,12 @@ def restore(
     A generator's state is device-specific (5,056 bytes on a CPU, 16 on CUDA), so a run
     checkpointed on one device type and continued on another cannot restore it: its stream is
     reseeded from the seed and the epoch, deterministically, and the run continues correctly
-    though not bit for bit as it would have on the first device. The optimiser's state follows
-    its parameters' device on load.
+    though not bit for bit as it would have on the first device. The optimiser's state takes
+    its parameters' device and memory layout.
     """
     model.load_state_dict(state.model)
     optimizer.load_state_dict(state.optimizer)
+    align_optimizer_state(optimizer)
     if state.device_type == generator.device.type:
         generator.set_state(state.generator)
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ GPU_EVAL_BATCH_SIZE = 5_000  # the whole valid split in one forward pass
 CPU_CACHE_EVAL_BATCH_SIZE = 128
 GPU_AUGMENT_BATCHES = 64  # training batches augmented per call on a GPU: fewer, larger launches
 CONV_MODELS = ("resnet18", "mlpmixer")  # models whose first layer is a convolution
+# bf16 and TF32 tensor cores start with Ampere; `torch.cuda.is_bf16_supported()` also says yes
+# on a V100 or T4, which only emulate bf16 (slower than fp32).
+AMPERE = (8, 0)
 
 
 @dataclass(frozen=True)
@@ -39,16 +43,22 @@ class Environment:
     eval_batch_size: int = EVAL_BATCH_SIZE
     augment_batches: int = 1  # training batches augmented together by one `augment` call
     compile: bool = False  # torch.compile the model; compiling is paid in the first epoch
+    tf32: bool = False  # matmuls and convolutions left in fp32 run in TF32 (CUDA, Ampere on)
 
     def compiled(self, model: nn.Module) -> nn.Module:
         """`model`, or with `compile` a compiled wrapper that shares its parameters."""
         # Static shapes: an epoch sees two batch sizes (full and last) and evaluation one or
         # two, so a few specialised graphs beat one dynamic graph for every batch.
-        return torch.compile(model, dynamic=False) if self.compile else model
+        # On CUDA the small models wait on kernel launches (the MLP: ~70 per step for ~25 µs of
+        # work); "reduce-overhead" replays each step as one CUDA graph.
+        mode = "reduce-overhead" if self.device.type == "cuda" else None
+        return torch.compile(model, dynamic=False, mode=mode) if self.compile else model
 
     @property
     def precision(self) -> str:
-        return "fp32" if self.amp_dtype is None else "bf16"
+        if self.amp_dtype is not None:
+            return "bf16"
+        return "tf32" if self.tf32 else "fp32"
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -135,12 +145,32 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
     if precision != "auto":
         return precision == "bf16"
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return has_ampere_tensor_cores(device)
     return device.type == "cpu" and cpu_has_native_bf16()
 
 
-def environment_for(config: TrainConfig, compile: bool = False) -> Environment:
-    """The fastest known way to run `config` on its device; `compile` adds torch.compile.
+def has_ampere_tensor_cores(device: torch.device) -> bool:
+    """Whether the CUDA `device` computes bf16 and TF32 in hardware (compute capability 8.0+)."""
+    return torch.cuda.get_device_capability(device) >= AMPERE
+
+
+def use_deterministic_kernels(deterministic: bool) -> None:
+    """Make kernels reproducible (slower), or let cuDNN pick the fastest ones by timing them.
+
+    The CPU kernels this project uses are deterministic either way. On CUDA, atomics in some
+    backward kernels and cuDNN's timed choice of algorithm make two runs of one seed differ in
+    the last digits, and a resumed run differ from an uninterrupted one.
+    """
+    if deterministic:
+        # cuBLAS reduces reproducibly only with a fixed workspace; it reads this once, when
+        # the process creates its first cuBLAS handle.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def environment_for(config: TrainConfig) -> Environment:
+    """The fastest known way to run `config` on its device, within `config.deterministic`.
 
     bf16 autocast (`config.precision`) halves the training time of all three models on a GPU
     and on a CPU with native bf16; the loss, softmax and optimiser state stay in fp32.
@@ -151,7 +181,7 @@ def environment_for(config: TrainConfig, compile: bool = False) -> Environment:
         # TF32 for any matmul left in fp32; bf16 autocast covers the rest.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    use_deterministic_kernels(config.deterministic)
     # Channels-last convolutions: ResNet18 trains ~15 % faster with oneDNN on a CPU, cuDNN feeds
     # tensor cores with them, and the Mixer's stem then emits its tokens without a copy.
     channels_last = config.model in CONV_MODELS and device.type in ("cpu", "cuda")
@@ -168,5 +198,6 @@ def environment_for(config: TrainConfig, compile: bool = False) -> Environment:
         eval_batch_size=eval_batch_size,
         # On a CPU one batch at a time stays in cache; a GPU prefers fewer, larger launches.
         augment_batches=1 if device.type == "cpu" else GPU_AUGMENT_BATCHES,
-        compile=compile,
+        compile=config.compile,
+        tf32=on_cuda and has_ampere_tensor_cores(device),
     )

@@ -21,7 +21,7 @@ TAG_MODEL = "model"
 TAG_TRIAL_KEY = "trial_key"
 TAG_SEED = "seed"
 TAG_TORCH_DEVICE = "torch_device"  # the device actually used when `device=auto`
-TAG_TORCH_PRECISION = "torch_precision"  # fp32 or bf16, what `precision=auto` chose
+TAG_TORCH_PRECISION = "torch_precision"  # fp32, tf32 or bf16: how matmuls actually ran
 TAG_UNUSED_PARAMS = "unused_params"  # options that have no effect for this model/optimiser
 TAG_FAILURE_REASON = "failure_reason"
 TAG_PARENT_RUN_ID = "mlflow.parentRunId"

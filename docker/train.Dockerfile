@@ -6,7 +6,8 @@ FROM python:3.11.10-slim-bookworm@sha256:5148c0e4bbb64271bca1d3322360ebf4bfb7564
 
 WORKDIR /app
 COPY . .
-RUN pip install --no-cache-dir . \
+# `[gpu]`: nvidia-ml-py, without which MLflow records no GPU utilisation or memory.
+RUN pip install --no-cache-dir ".[gpu]" \
     && useradd --system --uid 10002 --user-group --create-home --home-dir /home/trainer \
         --shell /usr/sbin/nologin trainer \
     && install -d -o trainer -g trainer -m 0700 /app/data /app/checkpoints

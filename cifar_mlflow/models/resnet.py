@@ -32,6 +32,17 @@ class BasicBlock(nn.Module):
         return self.act(out + self.shortcut(x))
 
 
+class GlobalAveragePool(nn.Module):
+    """Mean over height and width: (N, C, H, W) → (N, C).
+
+    Not `AdaptiveAvgPool2d(1)`: its CUDA backward has no deterministic kernel, so
+    `--deterministic` would refuse ResNet18 on a GPU; a mean's backward is deterministic.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
 class ResNet18(nn.Module):
     """Stem, four stages of two BasicBlocks (64, 128, 256, 512 channels), pool, linear."""
 
@@ -56,7 +67,7 @@ class ResNet18(nn.Module):
                 blocks.append(BasicBlock(channels, width, stride))
                 channels = width
         self.blocks = nn.Sequential(*blocks)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.pool = GlobalAveragePool()
         self.head = nn.Linear(channels, num_classes)
 
     @property

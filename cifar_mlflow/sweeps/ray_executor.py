@@ -23,7 +23,6 @@ from urllib.parse import urlparse
 
 import ray
 import ray.exceptions
-import torch
 
 from cifar_mlflow import console
 from cifar_mlflow.config import TrainConfig
@@ -32,6 +31,7 @@ from cifar_mlflow.errors import UserError
 from cifar_mlflow.reachability import redact_uri
 from cifar_mlflow.sweeps.parent_run import SweepParent
 from cifar_mlflow.sweeps.ray_options import RayOptions
+from cifar_mlflow.sweeps.ray_tasks import as_trial_task, prepare_worker
 from cifar_mlflow.sweeps.trials import Trial, TrialOutcome, run_trial
 from cifar_mlflow.tracking.client import use_worker_environment
 
@@ -158,21 +158,16 @@ class RayExecutor:
     def run(
         self, trials: Iterable[Trial], parent: SweepParent, study_name: str
     ) -> Iterator[tuple[Trial, TrialOutcome]]:
-        task = train_trial.options(
-            num_cpus=self.options.cpus_per_trial,
-            num_gpus=self.options.gpus_per_trial,
-            # A retried task would start over on a new worker; the next sweep continues the
-            # trial from its checkpoint instead.
-            max_retries=0,
-        )
-        threads = max(1, int(self.options.cpus_per_trial))
+        task = as_trial_task(train_trial, self.options)
         pending: dict[ray.ObjectRef, Trial] = {}
         queue, slots = iter(trials), self.slots()
 
         def submit_next() -> None:
             trial = next(queue, None)
             if trial is not None:
-                pending[task.remote(trial, study_name, parent, self.tracking_env, threads)] = trial
+                pending[task.remote(trial, study_name, parent, self.tracking_env, self.options)] = (
+                    trial
+                )
 
         try:
             for _ in range(slots):
@@ -219,20 +214,17 @@ def outcome_of(ref: ray.ObjectRef, config: TrainConfig) -> TrialOutcome:
         return TrialOutcome.failed(config, None, error)
 
 
-@ray.remote
 def train_trial(
     trial: Trial,
     study_name: str,
     parent: SweepParent,
     tracking_env: Mapping[str, str],
-    threads: int,
+    options: RayOptions,
 ) -> TrialOutcome:
     """One trial on a Ray worker, logged where and as whom the sweep logs."""
+    prepare_worker(options)
     use_worker_environment(tracking_env)
     console.apply_logging_level()
-    # Ray sets OMP_NUM_THREADS for the task, but torch may have read it in an earlier task of
-    # this worker process: trials that share a machine must not oversubscribe its cores.
-    torch.set_num_threads(threads)
     try:
         arrays = load_arrays(trial.config)
     except UserError as error:
