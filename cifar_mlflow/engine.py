@@ -7,7 +7,6 @@ loop runs and is tested without any tracking server.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import statistics
 import time
@@ -22,9 +21,8 @@ from torch import nn
 from cifar_mlflow.checkpoint import (
     CheckpointWriter,
     TrainingState,
-    align_optimizer_state,
     global_random_state,
-    restore_global_random_state,
+    restore_training_state,
 )
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import DeviceData, Split, augment
@@ -36,8 +34,6 @@ from cifar_mlflow.schema import EpochMetrics, FinalMetrics
 
 DIVERGED_LOSS_FACTOR = 100.0  # × the chance-level loss; see `fit`
 INFERENCE_REPEATS = 3  # timed forward passes over the valid split, after one warm-up
-
-log = logging.getLogger(__name__)
 
 
 class Callback:
@@ -230,7 +226,7 @@ def fit(
     history: list[dict[str, float]] = []
     epoch_times: list[float] = []
     if resume is not None:
-        restore(resume, model, optimizer, generator, config.seed)
+        restore_training_state(resume, model, optimizer, generator, config.seed)
         history, epoch_times = list(resume.history), list(resume.epoch_times)
     batches_per_epoch = -(-len(data.train) // config.batch_size)
     completed = [EpochMetrics(**epoch) for epoch in history]
@@ -324,33 +320,3 @@ def check_diverged(train_loss: float, diverged_loss: float, epoch: int, lr: floa
             f"training loss diverged ({train_loss:.4g} > {diverged_loss:.4g}, "
             f"{DIVERGED_LOSS_FACTOR:g} × chance level) in epoch {epoch}; lower lr (now {lr:g})"
         )
-
-
-def restore(
-    state: TrainingState,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    seed: int,
-) -> None:
-    """Continue from `state`; from another device type, with the batch stream reseeded.
-
-    A generator's state is device-specific (5,056 bytes on a CPU, 16 on CUDA), so a run
-    checkpointed on one device type and continued on another cannot restore it: its stream is
-    reseeded from the seed and the epoch, deterministically, and the run continues correctly
-    though not bit for bit as it would have on the first device. The optimiser's state takes
-    its parameters' device and memory layout.
-    """
-    model.load_state_dict(state.model)
-    optimizer.load_state_dict(state.optimizer)
-    align_optimizer_state(optimizer)
-    if state.device_type == generator.device.type:
-        generator.set_state(state.generator)
-    else:
-        generator.manual_seed(seed * 1_000_003 + state.epoch)
-        log.warning(
-            "continuing on %s a run checkpointed on %s: its batch order is reseeded",
-            generator.device.type,
-            state.device_type,
-        )
-    restore_global_random_state(state)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_mlflow import engine, environment
+from cifar_mlflow import checkpoint, engine, environment
 from cifar_mlflow.checkpoint import TrainingState, load_checkpoint
 from tests.test_engine import Recorder, small_config, tiny_data
 
@@ -57,7 +57,7 @@ def test_a_cuda_checkpoint_continues_on_the_cpu_deterministically(
     state = checkpoint_after_one_epoch(tmp_path)
     stem_moment = state.optimizer["state"][0]["exp_avg"]
     assert stem_moment.dim() == 4 and not stem_moment.is_contiguous()  # channels-last here
-    with caplog.at_level(logging.WARNING, logger=engine.__name__):
+    with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
         model, recorder = resumed(as_if_from_cuda(state))
     assert "continuing on cpu a run checkpointed on cuda" in caplog.text
     assert [epoch.epoch for epoch in recorder.epochs] == [2]
@@ -75,7 +75,7 @@ def test_optimizer_state_takes_its_parameters_layout_on_resume(tmp_path: Path) -
     model = engine.build_model(config, 10).to(memory_format=torch.channels_last)
     optimizer = engine.build_optimizer(config, model, torch.device("cpu"))
     generator = torch.Generator().manual_seed(config.seed)
-    engine.restore(state, model, optimizer, generator, config.seed)
+    checkpoint.restore_training_state(state, model, optimizer, generator, config.seed)
     for param in model.parameters():
         for name, value in optimizer.state[param].items():
             if value.shape == param.shape:

@@ -12,7 +12,7 @@ import pytest
 import tomllib
 import yaml
 
-from tests.test_server import COMPOSE_FILE, ENV_EXAMPLE, REPO, compose_command
+from tests.test_server_deployment import COMPOSE_FILE, ENV_EXAMPLE, REPO, compose_command
 
 GPU_CHECK = REPO / "benchmarks" / "gpu_check.sh"
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import ray
@@ -23,7 +24,7 @@ from mlflow import MlflowClient
 from cifar_mlflow import schema
 from cifar_mlflow.cli import main
 from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.sweeps import ray_executor
+from cifar_mlflow.sweeps import ray_executor, ray_tasks
 from cifar_mlflow.sweeps.ray_executor import is_local_address, is_local_store
 from cifar_mlflow.sweeps.ray_options import RayOptions
 from cifar_mlflow.sweeps.trials import Trial
@@ -233,35 +234,22 @@ def test_which_tracking_stores_only_this_machine_reaches(uri, local):
     assert is_local_store(uri) is local
 
 
-class Dispatched(Exception):
-    pass
-
-
-class RecordingTask:
-    """Stands for the `train_trial` task: records what the executor asks of Ray."""
-
-    def __init__(self) -> None:
-        self.options_given: dict = {}
-
-    def options(self, **options) -> RecordingTask:
-        self.options_given = options
-        return self
-
-    def remote(self, *args) -> None:
-        raise Dispatched(*args)
-
-
 @pytest.mark.parametrize(("cpus", "threads"), [(2.0, 2), (0.5, 1)])
 def test_cpus_per_trial_sets_the_trials_torch_threads(monkeypatch, cpus, threads):
-    # The executor reserves the CPUs and hands the task their number of threads...
-    train_trial, task = ray_executor.train_trial, RecordingTask()
-    monkeypatch.setattr(ray_executor, "train_trial", task)
-    executor = ray_executor.RayExecutor(RayOptions(cpus_per_trial=cpus), {})
-    monkeypatch.setattr(executor, "slots", lambda: 1)  # no cluster to ask
-    with pytest.raises(Dispatched) as dispatched:
-        next(executor.run([Trial(1, TrainConfig(), "[1/1]")], parent=None, study_name="s"))
-    assert task.options_given["num_cpus"] == cpus
-    # ...and the task trains with that many torch threads.
+    # The trial's task reserves the CPUs...
+    reserved = {}
+
+    class RecordingRay:
+        """Stands for Ray: records what the task is declared with."""
+
+        @staticmethod
+        def remote(**declared):
+            return lambda function: SimpleNamespace(options=lambda **kw: reserved.update(kw))
+
+    monkeypatch.setattr(ray_tasks, "ray", RecordingRay)
+    ray_tasks.as_trial_task(ray_executor.train_trial, RayOptions(cpus_per_trial=cpus))
+    assert reserved["num_cpus"] == cpus
+    # ...and trains with that many torch threads.
     during_training = []
     monkeypatch.setattr(ray_executor, "use_worker_environment", lambda env: None)
     monkeypatch.setattr(ray_executor, "load_arrays", lambda config: None)
@@ -269,8 +257,9 @@ def test_cpus_per_trial_sets_the_trials_torch_threads(monkeypatch, cpus, threads
         ray_executor, "run_trial", lambda *args: during_training.append(torch.get_num_threads())
     )
     before = torch.get_num_threads()
+    trial = Trial(1, TrainConfig(), "[1/1]")
     try:
-        train_trial._function(*dispatched.value.args)
+        ray_executor.train_trial(trial, "s", None, {}, RayOptions(cpus_per_trial=cpus))
     finally:
         torch.set_num_threads(before)
     assert during_training == [threads]

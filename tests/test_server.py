@@ -35,8 +35,6 @@ from cifar_mlflow.tracking.callback import MlflowCallback
 from cifar_mlflow.tracking.runs import training_run
 
 REPO = Path(__file__).resolve().parent.parent
-COMPOSE_FILE = REPO / "docker-compose.yml"
-ENV_EXAMPLE = REPO / ".env.example"
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|KEY")
 EPOCHS = 30
 WORKERS = 8
