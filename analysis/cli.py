@@ -5,10 +5,12 @@ options.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from analysis.tables import FORMATS
 from cifar_mlflow import console
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -34,3 +36,27 @@ def parent_run_option(function: F) -> F:
         metavar="ID",
         help="Analyse this sweep (parent run) instead of the study's latest finished sweep.",
     )(function)
+
+
+def output_dir_option(what: str) -> Callable[[F], F]:
+    """`--output-dir/-o`, the folder a command writes `what` to."""
+    return click.option(
+        "--output-dir",
+        "-o",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("outputs"),
+        show_default=True,
+        help=f"Folder for the {what}.",
+    )
+
+
+def table_format_option(help_text: str) -> Callable[[F], F]:
+    """`--format`: one of the table formats of `analysis.tables`."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default="markdown",
+        show_default=True,
+        help=help_text,
+    )

@@ -17,7 +17,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import frames
-from analysis.cli import command, experiment_option, parent_run_option
+from analysis.cli import (
+    command,
+    experiment_option,
+    output_dir_option,
+    parent_run_option,
+)
 from analysis.plots import CURVE_METRICS, PNG_DPI, curves_figure
 from analysis.query import AnalysisError, Sweep, Tracking
 from cifar_mlflow import schema
@@ -91,14 +96,7 @@ def write_study_figures(
 
 @command
 @click.option("--study", "-s", metavar="NAME", help="Study name (e.g. activation, lr, patch).")
-@click.option(
-    "--output-dir",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("outputs"),
-    show_default=True,
-    help="Folder for the PNG and PDF files.",
-)
+@output_dir_option("PNG and PDF files")
 @experiment_option
 @parent_run_option
 def main(

@@ -18,7 +18,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import search_frames, tables
-from analysis.cli import command, experiment_option, parent_run_option
+from analysis.cli import (
+    command,
+    experiment_option,
+    output_dir_option,
+    parent_run_option,
+    table_format_option,
+)
 from analysis.figures import FIGURES_ARTIFACT_PATH
 from analysis.plots import PNG_DPI
 from analysis.query import AnalysisError, Sweep, Tracking
@@ -71,22 +77,8 @@ def search_figures(tracking: Tracking, sweep: Sweep) -> SearchFigures:
 
 @command
 @click.option("--study", "-s", metavar="NAME", help="Searched study (e.g. lr_search).")
-@click.option(
-    "--output-dir",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("outputs"),
-    show_default=True,
-    help="Folder for the PNG files.",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(tables.FORMATS),
-    default="markdown",
-    show_default=True,
-    help="Format of the top-trials table (printed on stdout).",
-)
+@output_dir_option("PNG files")
+@table_format_option("Format of the top-trials table (printed on stdout).")
 @experiment_option
 @parent_run_option
 def main(

@@ -12,7 +12,12 @@ import click
 import pandas as pd
 
 from analysis import frames, tables
-from analysis.cli import command, experiment_option, parent_run_option
+from analysis.cli import (
+    command,
+    experiment_option,
+    parent_run_option,
+    table_format_option,
+)
 from analysis.query import AnalysisError, Tracking
 
 STUDY = "patch"
@@ -33,14 +38,7 @@ def load_table1(
 
 
 @command
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(tables.FORMATS),
-    default="markdown",
-    show_default=True,
-    help="csv keeps full precision, with mean and std in separate columns.",
-)
+@table_format_option("csv keeps full precision, with mean and std in separate columns.")
 @click.option(
     "--output",
     "-o",

@@ -40,6 +40,7 @@ def experiment(monkeypatch, tmp_path, tracking_server) -> str:
         tracking_server.uri, tracking_server.admin_username, tracking_server.admin_password
     )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(tracking_server.ca_file))
     name = f"test-{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)

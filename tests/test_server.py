@@ -113,9 +113,7 @@ def log_epochs(experiment: str, worker: int, barrier: multiprocessing.synchroniz
     batched request per epoch for MLflow's background thread; ending the run drains the queue.
     """
     with training_run(TrainConfig(seed=worker), experiment=experiment) as run:
-        tracker = MlflowCallback(
-            run, TrainConfig(), arrays=None, study="none", env=None, input_example=None
-        )
+        tracker = MlflowCallback(run, TrainConfig(), arrays=None, study="none", env=None)
         barrier.wait(timeout=120)
         for epoch in range(1, EPOCHS + 1):
             values = {name: expected(worker, epoch, i) for i, name in enumerate(EPOCH_METRICS)}

@@ -59,6 +59,7 @@ def test_a_reader_of_the_team_server_loads_and_serves_the_champion_but_cannot_re
 ):
     register_champion()  # as the admin
     uri = server_env["MLFLOW_TRACKING_URI"]
+    ca = server_env["MLFLOW_TRACKING_SERVER_CERT_PATH"]  # the team server's own CA
     admin = (server_env["MLFLOW_TRACKING_USERNAME"], server_env["MLFLOW_TRACKING_PASSWORD"])
     username, password = f"reader-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     created = requests.post(
@@ -66,6 +67,7 @@ def test_a_reader_of_the_team_server_loads_and_serves_the_champion_but_cannot_re
         json={"username": username, "password": password},
         auth=admin,
         timeout=30,
+        verify=ca,
     )
     assert created.status_code == 200, created.text
     # No grant: the server's default permission, READ, is all this user has.
@@ -89,6 +91,7 @@ def test_a_reader_of_the_team_server_loads_and_serves_the_champion_but_cannot_re
         params={"filter": f"name = 'cifar10-{STUDY}'"},
         auth=(username, password),
         timeout=30,
+        verify=ca,
     )
     assert [v["version"] for v in versions.json()["model_versions"]] == ["1"]
     direct = requests.post(
@@ -96,5 +99,6 @@ def test_a_reader_of_the_team_server_loads_and_serves_the_champion_but_cannot_re
         json={"name": f"cifar10-{STUDY}", "source": champion.source, "run_id": champion.run_id},
         auth=(username, password),
         timeout=30,
+        verify=ca,
     )
     assert direct.status_code == 403

@@ -50,7 +50,7 @@ SECRET_NAMES = ("postgres_password", "admin_password", "flask_secret_key")
 # Two uvicorn workers serve one person or a test session; the image keeps MLflow's four.
 WORKERS = 2
 START_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0  # uvicorn waits for idle keep-alive connections of clients still open
 
 
 @dataclass(frozen=True)
@@ -272,10 +272,13 @@ def _server_process(state: dict) -> psutil.Process | None:
 
 
 def _terminate(process: psutil.Process) -> None:
-    # `mlflow server` forwards SIGTERM to uvicorn, which lets its workers finish their requests;
-    # whatever is still alive after the grace period is killed.
+    # SIGTERM to every process of the server: the launching shell defers a signal until its
+    # child exits, and uvicorn lets its workers finish their requests; whatever is still alive
+    # after the grace period is killed.
     family = [process, *process.children(recursive=True)]
-    process.terminate()
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.terminate()
     _, alive = psutil.wait_procs(family, timeout=STOP_TIMEOUT_S)
     for survivor in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
