@@ -79,6 +79,20 @@ def adopt_trial_run(parent: SweepParent, run_id: str, tags: Mapping[str, str]) -
     MlflowClient().log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
 
 
+def end_running_trials(parent: SweepParent, status: str) -> None:
+    """End the trial runs of `parent` still RUNNING (their workers are gone) with `status`."""
+    client = MlflowClient()
+    running = client.search_runs(
+        [parent.experiment_id],
+        filter_string=(
+            f"tags.`{schema.TAG_PARENT_RUN_ID}` = '{parent.run_id}' "
+            "and attributes.status = 'RUNNING'"
+        ),
+    )
+    for run in running:
+        client.set_terminated(run.info.run_id, status)
+
+
 def record_sweep_summary(
     parent: SweepParent,
     counts: Mapping[str, int],

@@ -17,6 +17,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -29,7 +30,7 @@ from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import load_arrays
 from cifar_mlflow.errors import UserError
 from cifar_mlflow.reachability import redact_uri
-from cifar_mlflow.sweeps.parent_run import SweepParent
+from cifar_mlflow.sweeps.parent_run import SweepParent, end_running_trials
 from cifar_mlflow.sweeps.ray_options import RayOptions
 from cifar_mlflow.sweeps.ray_tasks import as_trial_task, prepare_worker
 from cifar_mlflow.sweeps.trials import Trial, TrialOutcome, run_trial
@@ -41,6 +42,7 @@ T = TypeVar("T")
 LOCAL_ADDRESSES = ("", "local")
 # After Ctrl-C, the cancelled trials get this long to end their runs KILLED before Ray stops.
 CANCEL_GRACE_S = 10.0
+CANCEL_RETRY_S = 2.0  # between repeated cancellations of a trial that goes on running
 
 
 class RayExecutorError(UserError):
@@ -180,10 +182,25 @@ class RayExecutor:
         finally:
             # Ctrl-C or an error in the sweep: the running trials end KILLED, keeping their
             # checkpoints for the next sweep, and the queued ones never start.
-            for ref in pending:
-                ray.cancel(ref)
-            if pending:
-                ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE_S)
+            if cancel(list(pending)):
+                end_running_trials(parent, "KILLED")
+
+
+def cancel(refs: list[ray.ObjectRef]) -> bool:
+    """Cancel the trials' tasks; whether some had to be stopped with their worker.
+
+    Ray delivers a cancellation as a KeyboardInterrupt raised in the task, which a task can
+    miss, so it is repeated until the tasks end (each then ends its run KILLED). Tasks still
+    running after the grace period are stopped with their worker, and cannot end their runs.
+    """
+    deadline = time.monotonic() + CANCEL_GRACE_S
+    while refs and time.monotonic() < deadline:
+        for ref in refs:
+            ray.cancel(ref)
+        _, refs = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_RETRY_S)
+    for ref in refs:
+        ray.cancel(ref, force=True)
+    return bool(refs)
 
 
 class ActorProxy:
