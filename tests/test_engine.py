@@ -298,13 +298,15 @@ def test_precision_auto_is_bf16_only_where_the_cpu_has_it_natively(
     assert not environment.uses_bf16("auto", torch.device("mps"))
 
 
-def curves(precision: str, synthetic: CifarArrays) -> list[tuple[float, ...]]:
+def curves(precision: str, seed: int, synthetic: CifarArrays) -> list[tuple[float, ...]]:
     """Loss and accuracy per epoch (the times vary from run to run)."""
     config = TrainConfig(
         model="mlp",
         dataset="synthetic",
+        hidden_sizes=(256, 64),
         epochs=2,
         train_size=2_000,
+        seed=seed,
         device="cpu",
         precision=precision,
     )
@@ -314,16 +316,26 @@ def curves(precision: str, synthetic: CifarArrays) -> list[tuple[float, ...]]:
     return [(e.train_loss, e.train_acc, e.valid_loss, e.valid_acc) for e in recorder.epochs]
 
 
+BF16_SEEDS = (1, 2, 3, 4)
+
+
 def test_bf16_reaches_fp32_accuracy_and_repeats_its_curves(synthetic: CifarArrays) -> None:
-    fp32 = curves("fp32", synthetic)
-    bf16 = curves("bf16", synthetic)
-    assert bf16 == curves("bf16", synthetic)  # same seed, same device: same curves
-    assert bf16 != fp32  # autocast really ran in bf16
-    # Within the spread between seeds at this size (fp32, seeds 1-3: valid_acc 0.68-0.71,
-    # valid_loss 0.82-0.93 after two epochs).
-    for bf16_epoch, fp32_epoch in zip(bf16, fp32, strict=True):
-        assert bf16_epoch == pytest.approx(fp32_epoch, abs=0.1)
-        assert bf16_epoch[3] == pytest.approx(fp32_epoch[3], abs=0.04)
+    fp32 = {seed: curves("fp32", seed, synthetic) for seed in BF16_SEEDS}
+    bf16 = {seed: curves("bf16", seed, synthetic) for seed in BF16_SEEDS}
+    first = BF16_SEEDS[0]
+    assert bf16[first] == curves("bf16", first, synthetic)  # same seed: same curves
+    assert all(bf16[seed] != fp32[seed] for seed in BF16_SEEDS)  # autocast really ran in bf16
+    # How far bf16 lands from fp32 depends on the CPU: where bf16 is emulated (AVX2 only) it is
+    # rounded differently from AVX512-BF16 or AMX, and a fixed tolerance tuned on one of them
+    # fails on the other. Rounding every matmul changes the trajectory as much as another seed
+    # does, so the yardstick is fp32's own spread over these seeds, measured here on this CPU:
+    # the mean final accuracies may differ by at most the range of fp32's (for four normal
+    # draws the expected range is 2.06 sigma, about 2.9 standard errors of the difference of
+    # two 4-seed means). Losses are not compared: a 0.1 gap there is within the seed spread.
+    fp32_accs = [curve[-1][3] for curve in fp32.values()]
+    bf16_accs = [curve[-1][3] for curve in bf16.values()]
+    seed_spread = max(fp32_accs) - min(fp32_accs)
+    assert abs(np.mean(bf16_accs) - np.mean(fp32_accs)) <= seed_spread, (fp32_accs, bf16_accs)
 
 
 # --- checkpoints -------------------------------------------------------------------------------
