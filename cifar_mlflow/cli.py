@@ -107,9 +107,8 @@ def train(experiment: str, study: str, resume: str | None, **options: Any) -> No
     from cifar_mlflow.environment import check_machine
     from cifar_mlflow.progress import ProgressCallback
     from cifar_mlflow.tracking.client import check_tracking_server, run_id_from_mlflow_run, run_link
-    from cifar_mlflow.tracking.lookups import resumable_run
     from cifar_mlflow.tracking.runs import point_launcher_to
-    from cifar_mlflow.training import train_tracked
+    from cifar_mlflow.training import resumable_run, train_tracked
 
     overrides = overrides_from(options)
     if resume:
@@ -340,7 +339,8 @@ def warn_ignored(config: TrainConfig) -> None:
     for name in config.ignored_overrides():
         click.echo(
             f"Note: {name}={config.to_params()[name]} has no effect with model={config.model}, "
-            f"optimizer={config.optimizer} (recorded in the run's `unused_params` tag)",
+            f"optimizer={config.optimizer} (recorded in the run's "
+            f"`{schema.TAG_UNUSED_PARAMS}` tag)",
             err=True,
         )
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifar_mlflow import schema
 from cifar_mlflow.checkpoint import (
     CheckpointWriter,
     TrainingState,
@@ -233,7 +234,7 @@ def fit(
     for callback in callbacks:
         callback.on_train_start(model, config.epochs, batches_per_epoch, completed)
 
-    best_valid_acc = max((epoch["valid_acc"] for epoch in history), default=0.0)
+    best_valid_acc = max((epoch[schema.METRIC_VALID_ACC] for epoch in history), default=0.0)
     # Far beyond chance level (ln of the class count): the weights have blown up. With Adam the
     # loss can stay finite there (1e12 and more), so finiteness alone does not catch it.
     diverged_loss = DIVERGED_LOSS_FACTOR * math.log(data.num_classes)

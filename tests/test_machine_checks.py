@@ -10,6 +10,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from cifar_mlflow import schema
 from cifar_mlflow.checkpoint import TrainingState, checkpoint_path, save_checkpoint
 from cifar_mlflow.cli import main as cifar_main
 from cifar_mlflow.config import ConfigError, TrainConfig
@@ -66,7 +67,7 @@ def test_resuming_a_run_whose_device_is_absent_is_refused_and_leaves_it_alone(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("Error: device 'cuda' is not available on this machine; available:")
     run = client.get_run(run_id)
-    assert run.info.status == "KILLED" and "train_loss" not in run.data.metrics
+    assert run.info.status == "KILLED" and schema.METRIC_TRAIN_LOSS not in run.data.metrics
     assert len(client.search_runs([experiment_id])) == 1
 
 

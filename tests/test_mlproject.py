@@ -169,7 +169,7 @@ def test_per_epoch_metrics_have_steps_1_and_2(trained: MlflowRunResult) -> None:
     for name in schema.EPOCH_METRICS:
         history = trained.client.get_metric_history(run.info.run_id, name)
         assert sorted(m.step for m in history) == [1, 2], name
-    for name in ("train_acc", "valid_acc"):
+    for name in (schema.METRIC_TRAIN_ACC, schema.METRIC_VALID_ACC):
         values = [m.value for m in trained.client.get_metric_history(run.info.run_id, name)]
         assert all(0.0 <= value <= 1.0 for value in values)
     lr = trained.client.get_metric_history(run.info.run_id, "lr")
@@ -189,20 +189,20 @@ def test_final_metrics_and_system_metrics(trained: MlflowRunResult) -> None:
     metrics = trained.only_run().data.metrics
     for name in schema.FINAL_METRICS:
         assert name in metrics, name
-    assert 0.0 <= metrics["test_acc"] <= 1.0
-    assert metrics["test_loss"] > 0
-    for name in ("train_epoch_time_s", "inference_time_s"):
+    assert 0.0 <= metrics[schema.METRIC_TEST_ACC] <= 1.0
+    assert metrics[schema.METRIC_TEST_LOSS] > 0
+    for name in (schema.METRIC_TRAIN_EPOCH_TIME_S, schema.METRIC_INFERENCE_TIME_S):
         assert metrics[name] > 0
     # Throughputs are the split sizes over the measured times.
     config = expected_config(trained)
     train_images = config.train_size or 4_500
-    assert metrics["train_images_per_s"] == pytest.approx(
-        train_images / metrics["train_epoch_time_s"], rel=1e-6
+    assert metrics[schema.METRIC_TRAIN_IMAGES_PER_S] == pytest.approx(
+        train_images / metrics[schema.METRIC_TRAIN_EPOCH_TIME_S], rel=1e-6
     )
-    assert metrics["inference_images_per_s"] == pytest.approx(
-        500 / metrics["inference_time_s"], rel=1e-6
+    assert metrics[schema.METRIC_INFERENCE_IMAGES_PER_S] == pytest.approx(
+        500 / metrics[schema.METRIC_INFERENCE_TIME_S], rel=1e-6
     )
-    assert metrics["num_params"] == NUM_PARAMS[config.model]
+    assert metrics[schema.METRIC_NUM_PARAMS] == NUM_PARAMS[config.model]
     assert any(name.startswith("system/") for name in metrics)
 
 
@@ -265,7 +265,7 @@ def test_logged_model_classifies_raw_images_also_without_the_project(
     assert (predictions["class"].to_numpy() == predicted).all()
     accuracy = (predicted == np.asarray(class_names)[arrays.test_labels]).mean()
     # Training evaluates under bf16 autocast where the CPU has it; the model runs in fp32.
-    assert accuracy == pytest.approx(run.data.metrics["test_acc"], abs=0.02)
+    assert accuracy == pytest.approx(run.data.metrics[schema.METRIC_TEST_ACC], abs=0.02)
     assert isinstance(model.unwrap_python_model().network, torch.nn.Module)
 
     # Where this project is not installed, the model loads all the same and agrees.

@@ -76,7 +76,7 @@ def test_patch_sweep_under_mlflow_run_then_reuse_and_recreate(
     assert {c.data.tags[schema.TAG_PARENT_RUN_ID] for c in children} == {parent.info.run_id}
     assert {c.data.tags[schema.TAG_STUDY] for c in children} == {"patch"}
     assert parent.data.metrics[schema.METRIC_TRIALS_FINISHED] == 4
-    best = max(children, key=lambda c: c.data.metrics["best_valid_acc"])
+    best = max(children, key=lambda c: c.data.metrics[schema.METRIC_BEST_VALID_ACC])
     assert parent.data.tags[schema.TAG_BEST_RUN_ID] == best.info.run_id
     client = MlflowClient()
     study_text = client.download_artifacts(parent.info.run_id, schema.STUDY_ARTIFACT, str(tmp_path))

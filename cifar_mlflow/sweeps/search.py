@@ -13,22 +13,20 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-
-from mlflow import MlflowClient
-from mlflow.entities import Run
+from typing import TYPE_CHECKING
 
 from cifar_mlflow import schema
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.studies import Study
 from cifar_mlflow.sweeps.early_stopping import EarlyStopping
-from cifar_mlflow.sweeps.parent_run import SweepParent
 from cifar_mlflow.sweeps.search_state import Ending, PastTrial, SearchState
 from cifar_mlflow.sweeps.trials import Executor, Trial, TrialOutcome, TrialStatus
-from cifar_mlflow.tracking.lookups import search_trial_runs
+from cifar_mlflow.tracking.lookups import metric_histories, search_trial_runs
+from cifar_mlflow.tracking.sweep_runs import SweepParent, mark_search
 
-# Metric-history requests are independent round trips: overlapped, as in `analysis.query`.
-HISTORY_THREADS = 8
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
 ENDINGS = {
     TrialStatus.FINISHED: Ending.COMPLETE,
     TrialStatus.STOPPED: Ending.STOPPED,
@@ -51,17 +49,6 @@ def past_trial(run: Run, names: tuple[str, ...], valid_acc: dict[int, float]) ->
         ending = Ending.FAILED  # its final metrics never arrived: nothing to rank it by
     params = {name: run.data.params[name] for name in names}
     return PastTrial(params, ending, value, valid_acc)
-
-
-def valid_acc_histories(runs: list[Run]) -> list[dict[int, float]]:
-    client = MlflowClient()
-
-    def history(run: Run) -> dict[int, float]:
-        values = client.get_metric_history(run.info.run_id, "valid_acc")
-        return {value.step: value.value for value in values}
-
-    with ThreadPoolExecutor(HISTORY_THREADS) as pool:
-        return list(pool.map(history, runs))
 
 
 def trial_number(run: Run) -> int:
@@ -90,7 +77,7 @@ def run_search_trials(
     """
     spec = study.search
     key = spec.key(base)
-    MlflowClient().set_tag(parent.run_id, schema.TAG_SEARCH_KEY, key)
+    mark_search(parent, key)
     runs = sorted(search_trial_runs(parent.experiment_id, key), key=trial_number)
     done = [run for run in runs if ending_of(run) is not None]
     interrupted = [run for run in runs if ending_of(run) is None]
@@ -98,7 +85,7 @@ def run_search_trials(
     resumed = interrupted[:to_run]
     past = [
         past_trial(run, spec.names, history)
-        for run, history in zip(done, valid_acc_histories(done), strict=True)
+        for run, history in zip(done, metric_histories(done, schema.METRIC_VALID_ACC), strict=True)
     ]
     state = runner.host(
         SearchState,

@@ -20,17 +20,18 @@ from dataclasses import dataclass
 
 import click
 
+from cifar_mlflow import schema
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.environment import check_machine
 from cifar_mlflow.errors import UserError
 from cifar_mlflow.registry import register_sweep_champion
 from cifar_mlflow.studies import Study
 from cifar_mlflow.sweeps.local import LocalExecutor
-from cifar_mlflow.sweeps.parent_run import SweepParent, record_sweep_summary, sweep_run
 from cifar_mlflow.sweeps.ray_options import RayOptions
 from cifar_mlflow.sweeps.trials import Executor, Trial, TrialOutcome, TrialStatus
 from cifar_mlflow.tracking.client import run_id_from_mlflow_run, run_link, worker_environment
 from cifar_mlflow.tracking.lookups import find_finished_run
+from cifar_mlflow.tracking.sweep_runs import SweepParent, record_sweep_summary, sweep_run
 
 EXECUTORS = ("local", "ray")
 
@@ -170,7 +171,7 @@ def run_missing_trials(
         if done is None:
             missing.append(trial)
         else:
-            best = done.data.metrics.get("best_valid_acc")
+            best = done.data.metrics.get(schema.METRIC_BEST_VALID_ACC)
             report(trial, TrialOutcome(config, TrialStatus.REUSED, done.info.run_id, best))
     for trial, outcome in runner.run(missing, parent, study_name):
         report(trial, outcome)

@@ -11,9 +11,9 @@ from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import CifarArrays
 from cifar_mlflow.engine import Callback
 from cifar_mlflow.progress import ProgressCallback
-from cifar_mlflow.sweeps.parent_run import SweepParent, adopt_trial_run, create_trial_run
-from cifar_mlflow.tracking.lookups import checkpoint_of, find_interrupted_run
-from cifar_mlflow.training import train_tracked
+from cifar_mlflow.tracking.lookups import find_interrupted_run
+from cifar_mlflow.tracking.sweep_runs import SweepParent, adopt_trial_run, create_trial_run
+from cifar_mlflow.training import last_checkpoint, train_tracked
 
 
 class TrialStatus(enum.Enum):
@@ -82,7 +82,7 @@ def run_trial(
     if interrupted is None:
         run_id, resume = create_trial_run(parent, config, study_name, trial.tags), None
     else:
-        run_id, resume = interrupted.info.run_id, checkpoint_of(config, interrupted)
+        run_id, resume = interrupted.info.run_id, last_checkpoint(config, interrupted.info.run_id)
         adopt_trial_run(parent, run_id, trial.tags)
     try:
         _, final = train_tracked(
