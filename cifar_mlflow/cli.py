@@ -142,7 +142,7 @@ def train(experiment: str, study: str, resume: str | None, **options: Any) -> No
 @click.option(
     "--study",
     required=True,
-    help="Built-in study (activation, lr, patch, best_resnet, best_mixer) or a .yaml file.",
+    help=f"Built-in study ({', '.join(schema.builtin_studies())}) or a .yaml file.",
 )
 @click.option(
     "--seeds", default=None, metavar="N", help="Seeds per setting [default: the study's]."

@@ -9,6 +9,7 @@ the analysis imports this module too.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 DEFAULT_EXPERIMENT = "cifar10"
 # MLflow 3's UI opens an experiment without this tag in its GenAI view, hiding training runs.
@@ -109,8 +110,19 @@ WEIGHTS_FIGURE_ARTIFACT = "figures/weights.png"
 CONFIG_ARTIFACT = "config.json"
 MODEL_NAME = "model"
 
-# Built-in studies, in the order of the source report.
-BUILTIN_STUDIES = ("activation", "lr", "patch", "best_resnet", "best_mixer")
+# The built-in study files, shipped inside the package (a wheel has them too). A checkout's
+# top-level `studies` is a link to this folder, for users who copy one to edit it.
+BUILTIN_STUDY_DIR = Path(__file__).resolve().parent / "builtin_studies"
+
+
+def builtin_studies() -> tuple[str, ...]:
+    """The built-in studies' names, found in their folder: what help, errors and docs list."""
+    return tuple(sorted(path.stem for path in BUILTIN_STUDY_DIR.glob("*.yaml")))
+
+
+# The built-in studies the report's figures and tables come from, in the source report's order
+# (the searched ones have their own section).
+REPORT_STUDIES = ("activation", "lr", "patch", "best_resnet", "best_mixer")
 
 # The Model Registry: a study's best trial is the version `champion` of `cifar10-<study>`.
 REGISTERED_MODEL_PREFIX = "cifar10-"

@@ -264,7 +264,7 @@ def log_all_studies(
     clock: Clock,
     seeds: int = 1,
     epochs: int | None = 3,
-    studies: Iterable[str] = schema.BUILTIN_STUDIES,
+    studies: Iterable[str] = schema.REPORT_STUDIES,
 ) -> dict[str, FakeSweep]:
     """One finished sweep of each study (short by default: tests need shapes, not length)."""
     return {

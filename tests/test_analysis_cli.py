@@ -254,9 +254,9 @@ def test_report_with_every_study_holds_every_figure_and_table_1(
 def test_report_without_any_study_names_them_missing_and_succeeds(client, tmp_path):
     result = invoke(report.main, "-o", str(tmp_path / "r.html"))
     assert result.exit_code == 0
-    assert result.stderr.strip() == "Missing studies: " + ", ".join(schema.BUILTIN_STUDIES)
+    assert result.stderr.strip() == "Missing studies: " + ", ".join(schema.REPORT_STUDIES)
     html = (tmp_path / "r.html").read_text()
-    for study in schema.BUILTIN_STUDIES:
+    for study in schema.REPORT_STUDIES:
         assert f"Missing: study <code>{study}</code>" in html
     assert "No study has been run yet." in html
 

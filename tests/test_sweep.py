@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from cifar_mlflow import schema
 from cifar_mlflow.cli import main
-from cifar_mlflow.studies import BUILTIN_STUDY_DIR, StudyError, load_study
+from cifar_mlflow.studies import StudyError, load_study
 
 REPO = Path(__file__).resolve().parent.parent
 # Small trials keep the suite fast; the sweep logic is the same at any size.
@@ -210,7 +210,7 @@ EXPECTED_STUDIES = {
 @pytest.mark.parametrize("name", sorted(EXPECTED_STUDIES))
 def test_builtin_study_files_carry_the_settings_of_the_source_report(name):
     model, fixed, grid = EXPECTED_STUDIES[name]
-    content = yaml.safe_load((BUILTIN_STUDY_DIR / f"{name}.yaml").read_text())
+    content = yaml.safe_load((schema.BUILTIN_STUDY_DIR / f"{name}.yaml").read_text())
     assert content["model"] == model
     assert (content.get("fixed") or {}) == fixed
     assert (content.get("grid") or {}) == grid
@@ -240,3 +240,16 @@ def test_seeds_repeat_each_setting_with_consecutive_seeds():
     assert len(configs) == 15
     assert sorted({c.seed for c in configs}) == [7, 8, 9]
     assert len({c.trial_key() for c in configs}) == 15
+
+
+def test_the_builtin_studies_are_their_folders_files_and_sweep_help_lists_them():
+    from click.testing import CliRunner
+
+    from cifar_mlflow.cli import cli
+
+    names = schema.builtin_studies()
+    assert len(names) >= 7 and set(schema.REPORT_STUDIES) <= set(names)
+    help_text = " ".join(CliRunner().invoke(cli, ["sweep", "--help"]).output.split())
+    for name in names:
+        assert load_study(name).name == name
+        assert f"{name}," in help_text or f"{name})" in help_text
