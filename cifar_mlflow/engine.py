@@ -28,7 +28,7 @@ from cifar_mlflow.checkpoint import (
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import DeviceData, Split, augment
 from cifar_mlflow.environment import Environment
-from cifar_mlflow.errors import TrainingError
+from cifar_mlflow.errors import DivergedLossError, NonFiniteLossError
 from cifar_mlflow.eval_memory import with_eval_batch_for_memory
 from cifar_mlflow.models import build_model, count_parameters
 from cifar_mlflow.schema import EpochMetrics, FinalMetrics
@@ -77,10 +77,6 @@ class Callback:
 
 class StopTraining(Exception):
     """Raised by a callback's `on_epoch_end` to end training after that epoch (early stopping)."""
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss diverged; training cannot recover from it."""
 
 
 def build_optimizer(
@@ -317,7 +313,7 @@ def check_diverged(train_loss: float, diverged_loss: float, epoch: int, lr: floa
             f"non-finite training loss ({train_loss}) in epoch {epoch}; lower lr (now {lr:g})"
         )
     if train_loss > diverged_loss:
-        raise NonFiniteLossError(
+        raise DivergedLossError(
             f"training loss diverged ({train_loss:.4g} > {diverged_loss:.4g}, "
             f"{DIVERGED_LOSS_FACTOR:g} × chance level) in epoch {epoch}; lower lr (now {lr:g})"
         )

@@ -26,9 +26,21 @@ class ExecutorError(UserError):
     """An executor that does not exist, is not installed, or options it does not take."""
 
 
+class OptionError(UserError):
+    """A command-line option with a value the command cannot take, or that does not fit."""
+
+
 class TrainingError(Exception):
     """Training itself failed (e.g. the loss diverged); the run ends FAILED with the reason."""
 
+    def report(self) -> str:
+        """What the console prints for it on stderr (before exit status 1)."""
+        return f"Error: {self} (the run is marked FAILED)"
 
-class SweepFailedError(TrainingError):
-    """Some trials of a sweep failed; the others finished and are recorded."""
+
+class NonFiniteLossError(TrainingError):
+    """The training loss became NaN or infinite; training cannot recover from it."""
+
+
+class DivergedLossError(TrainingError):
+    """The training loss is finite but far above chance level: the run diverged."""

@@ -28,7 +28,7 @@ import ray.exceptions
 from cifar_mlflow import console
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import load_arrays
-from cifar_mlflow.errors import UserError
+from cifar_mlflow.errors import ExecutorError, UserError
 from cifar_mlflow.reachability import redact_uri
 from cifar_mlflow.sweeps.ray_options import RayOptions
 from cifar_mlflow.sweeps.ray_tasks import as_trial_task, prepare_worker
@@ -45,7 +45,7 @@ CANCEL_GRACE_S = 10.0
 CANCEL_RETRY_S = 2.0  # between repeated cancellations of a trial that goes on running
 
 
-class RayExecutorError(UserError):
+class RayExecutorError(ExecutorError):
     """Ray options or a tracking store that a Ray sweep cannot use; the message is one line."""
 
 

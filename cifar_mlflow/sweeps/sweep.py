@@ -23,9 +23,9 @@ import click
 from cifar_mlflow import schema
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.environment import check_machine
-from cifar_mlflow.errors import UserError
+from cifar_mlflow.errors import ExecutorError, TrainingError
 from cifar_mlflow.registry import register_sweep_champion
-from cifar_mlflow.studies import Study
+from cifar_mlflow.studies import Study, StudyError
 from cifar_mlflow.sweeps.local import LocalExecutor
 from cifar_mlflow.sweeps.ray_options import RayOptions
 from cifar_mlflow.sweeps.trials import Executor, Trial, TrialOutcome, TrialStatus
@@ -47,14 +47,20 @@ class SweepResult:
         return [o for o in self.outcomes if o.status is TrialStatus.FAILED]
 
 
-class SweepFailed(Exception):
+class SweepFailed(TrainingError):
     """Some trials failed; the others finished and are recorded."""
 
-    def __init__(self, result: SweepResult) -> None:
+    def __init__(self, study_name: str, result: SweepResult) -> None:
         failed = result.failures
         names = ", ".join(outcome.config.run_name() for outcome in failed)
         super().__init__(f"{len(failed)} of {len(result.outcomes)} trials failed: {names}")
+        self.study_name = study_name
         self.result = result
+
+    def report(self) -> str:
+        """One line per failed trial with its reason, then the sweep's line with its link."""
+        lines = [f"FAILED {o.config.run_name()}: {o.error}" for o in self.result.failures]
+        return "\n".join([*lines, f"Sweep {self.study_name}: {self}. {self.result.link}"])
 
 
 def executor_for(
@@ -62,17 +68,17 @@ def executor_for(
 ) -> contextlib.AbstractContextManager[Executor]:
     """The executor `name`, checked (and for Ray connected) before any run is created."""
     if name not in EXECUTORS:
-        raise UserError(f"executor must be one of {' | '.join(EXECUTORS)}, got {name!r}")
+        raise ExecutorError(f"executor must be one of {' | '.join(EXECUTORS)}, got {name!r}")
     if name == "local":
         if ray_options != RayOptions():
-            raise UserError("ray_address, cpus_per_trial and gpus_per_trial need executor=ray")
+            raise ExecutorError("ray_address, cpus_per_trial and gpus_per_trial need executor=ray")
         return contextlib.nullcontext(LocalExecutor(configs))
     try:
         from cifar_mlflow.sweeps import ray_executor
     except ImportError as error:
         if (error.name or "").split(".")[0] != "ray":
             raise
-        raise UserError(
+        raise ExecutorError(
             "executor=ray needs Ray, which is not installed: pip install -e '.[ray]' in the "
             "project folder (or pip install 'ray>=2.9')"
         ) from None
@@ -100,12 +106,12 @@ def run_sweep(
     ray_options = ray_options or RayOptions()
     if study.search is None:
         if trials is not None:
-            raise UserError(f"trials needs a study with a `search`; {study.name!r} has a grid")
+            raise StudyError(f"trials needs a study with a `search`; {study.name!r} has a grid")
         configs = study.trial_configs(overrides, seeds)
         counts = {"seeds": str(seeds or study.seeds)}
     else:
         if seeds is not None:
-            raise UserError(f"seeds needs a study with a `grid`; {study.name!r} has a search")
+            raise StudyError(f"seeds needs a study with a `grid`; {study.name!r} has a search")
         configs = [study.base_config(overrides)]
         from cifar_mlflow.sweeps.search import run_search_trials  # Optuna: only for a search
 
@@ -145,7 +151,7 @@ def run_sweep(
         result = SweepResult(parent.run_id, link, outcomes)
         if result.failures:
             # Raised inside the parent run so that it ends FAILED with the reason on it.
-            raise SweepFailed(result)
+            raise SweepFailed(study.name, result)
     return result
 
 
