@@ -81,7 +81,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-from cifar_mlflow import data, engine, environment
+from cifar_mlflow import data, engine, environment, synthetic
 from cifar_mlflow.config import PRECISIONS, TrainConfig
 from cifar_mlflow.models import build_model
 
@@ -303,7 +303,7 @@ def flops_per_image(config: TrainConfig, device: torch.device, train: bool) -> f
 def synthetic_arrays(folder: Path, train_images: int, infer_images: int) -> data.CifarArrays:
     # The valid split takes 10 % of the train images: write enough for `train_images` to remain.
     train_size = -(-train_images * 10 // 9) + 10
-    data.write_synthetic_cifar(folder, train_size=train_size, test_size=infer_images)
+    synthetic.write_synthetic_cifar(folder, train_size=train_size, test_size=infer_images)
     return data.read_cifar_folder(folder, name="synthetic")
 
 

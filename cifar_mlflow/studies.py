@@ -9,7 +9,7 @@ A study file is YAML that users copy and extend:
     seeds: 1          # settings are repeated with seeds seed, seed+1, ...
 
 Instead of `grid` (and `seeds`), a study may declare a `search`: distributions per option,
-sampled for `trials` trials (see `search_space`). Every trial's configuration, or every value a
+sampled for `trials` trials (see `search.space`). Every trial's configuration, or every value a
 search can sample, is validated when the file is loaded, so a malformed study fails before any
 run is created.
 """
@@ -28,7 +28,7 @@ import yaml
 from cifar_mlflow import schema
 from cifar_mlflow.config import ConfigError, TrainConfig
 from cifar_mlflow.errors import UserError
-from cifar_mlflow.search_space import SEARCH_KEYS, SearchError, SearchSpec, parse_search
+from cifar_mlflow.search.space import SEARCH_KEYS, SearchError, SearchSpec, parse_search
 
 STUDY_KEYS = ("description", "model", "fixed", "grid", "seeds", "search", *SEARCH_KEYS)
 

@@ -15,7 +15,7 @@ from mlflow.entities import Metric, RunTag
 from torch import nn
 
 from cifar_mlflow import schema
-from cifar_mlflow.data import CLASS_NAMES
+from cifar_mlflow.cifar_pickle import CLASS_NAMES
 from cifar_mlflow.tracking.callback import log_model
 
 STUDY = "tiny"

@@ -12,9 +12,10 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from cifar_mlflow.cifar_pickle import CIFAR_FOLDER, TRAIN_BATCHES
 from cifar_mlflow.cli import main as cifar_main
-from cifar_mlflow.data import CIFAR_FOLDER, TRAIN_BATCHES, write_synthetic_cifar
 from cifar_mlflow.environment import available_devices
+from cifar_mlflow.synthetic import write_synthetic_cifar
 from cifar_mlflow.tracking.client import CLIENT_CREDENTIAL_VARIABLES
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -18,7 +18,7 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-from cifar_mlflow import cli, data, engine, environment, schema
+from cifar_mlflow import cifar_pickle, cli, data, engine, environment, schema
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.tracking import callback, runs
 from tests.test_data import write_cifar_folder
@@ -193,7 +193,7 @@ def test_missing_data_folder_offline_fails_fast_with_one_line(
     assert elapsed < 30
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert str(missing / data.CIFAR_FOLDER) in lines[0]
+    assert str(missing / cifar_pickle.CIFAR_FOLDER) in lines[0]
     assert "dataset=synthetic" in lines[0]
     assert all_runs(store) == []
 

@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.models import Model
 
-from cifar_mlflow import data, schema
+from cifar_mlflow import cifar_pickle, data, schema
 from cifar_mlflow.config import TrainConfig
 
 pytestmark = pytest.mark.e2e
@@ -208,7 +208,7 @@ def test_final_metrics_and_system_metrics(trained: MlflowRunResult) -> None:
 
 def test_dataset_input(trained: MlflowRunResult) -> None:
     (dataset_input,) = trained.only_run().inputs.dataset_inputs
-    folder = trained.data_dir / "synthetic" / data.CIFAR_FOLDER
+    folder = trained.data_dir / "synthetic" / cifar_pickle.CIFAR_FOLDER
     assert dataset_input.dataset.name == "synthetic"
     assert dataset_input.dataset.digest == data.read_cifar_folder(folder).digest()
     assert str(folder.resolve()) in dataset_input.dataset.source
@@ -244,7 +244,7 @@ def test_logged_model_classifies_raw_images_also_without_the_project(
     (logged,) = [m for m in models if m.source_run_id == run.info.run_id]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained.tracking_uri)
     model = mlflow.pyfunc.load_model(logged.model_uri)
-    arrays = data.read_cifar_folder(trained.data_dir / "synthetic" / data.CIFAR_FOLDER)
+    arrays = data.read_cifar_folder(trained.data_dir / "synthetic" / cifar_pickle.CIFAR_FOLDER)
     class_names = list(arrays.class_names)
 
     signature = model.metadata.signature

@@ -15,10 +15,10 @@ from analysis.search import main as search_main
 from cifar_mlflow import engine, environment, schema
 from cifar_mlflow.cli import main
 from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.search_space import SearchError, parse_search
+from cifar_mlflow.search.early_stopping import EarlyStopping
+from cifar_mlflow.search.space import SearchError, parse_search
+from cifar_mlflow.search.state import Ending, PastTrial, SearchState
 from cifar_mlflow.studies import load_study
-from cifar_mlflow.sweeps.early_stopping import EarlyStopping
-from cifar_mlflow.sweeps.search_state import Ending, PastTrial, SearchState
 from cifar_mlflow.tracking.lookups import find_finished_run
 from tests.test_engine import Recorder, small_config, tiny_data
 from tests.test_ray_sweep import most_at_once, ray_2_cpus  # noqa: F401 — a fixture

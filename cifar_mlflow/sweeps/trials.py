@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -48,6 +48,22 @@ class Trial:
     label: str  # "[2/4] mlpmixer-patch4-seed42", the prefix of its progress lines
     tags: Mapping[str, str] = field(default_factory=dict)  # a searched trial's number and search
     callbacks: tuple[Callback, ...] = ()  # a searched trial's early stopping
+
+
+class Outcomes:
+    """Trial outcomes as the executor reports them, one line each; read back in trial order."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.echo = echo
+        self._by_index: dict[int, TrialOutcome] = {}
+
+    def add(self, index: int, label: str, outcome: TrialOutcome) -> None:
+        error = f" ({outcome.error})" if outcome.error else ""
+        self.echo(f"{label}: {outcome.status.value}{error}")
+        self._by_index[index] = outcome
+
+    def in_order(self) -> list[TrialOutcome]:
+        return [self._by_index[index] for index in sorted(self._by_index)]
 
 
 T = TypeVar("T")

@@ -1,4 +1,4 @@
-"""A searched study's trials: sampled, stopped early, and continued from the runs (issue 14).
+"""A searched study's trials: sampled, stopped early, and continued from the runs.
 
 The runs are the search's record. Each trial run carries the `search_key` of its search and
 its `trial_number`; at the start of a sweep the trials found by that key rebuild the Optuna
@@ -11,16 +11,15 @@ until the search has `trials` of them.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from cifar_mlflow import schema
 from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.search.early_stopping import EarlyStopping
+from cifar_mlflow.search.state import Ending, PastTrial, SearchState
 from cifar_mlflow.studies import Study
-from cifar_mlflow.sweeps.early_stopping import EarlyStopping
-from cifar_mlflow.sweeps.search_state import Ending, PastTrial, SearchState
-from cifar_mlflow.sweeps.trials import Executor, Trial, TrialOutcome, TrialStatus
+from cifar_mlflow.sweeps.trials import Executor, Outcomes, Trial, TrialOutcome, TrialStatus
 from cifar_mlflow.tracking.lookups import metric_histories, search_trial_runs
 from cifar_mlflow.tracking.sweep_runs import SweepParent, mark_search
 
@@ -80,55 +79,67 @@ def run_search_trials(
     mark_search(parent, key)
     runs = sorted(search_trial_runs(parent.experiment_id, key), key=trial_number)
     done = [run for run in runs if ending_of(run) is not None]
-    interrupted = [run for run in runs if ending_of(run) is None]
-    to_run = max(0, total - len(done))
-    resumed = interrupted[:to_run]
-    past = [
-        past_trial(run, spec.names, history)
-        for run, history in zip(done, metric_histories(done, schema.METRIC_VALID_ACC), strict=True)
-    ]
-    state = runner.host(
-        SearchState,
-        spec,
-        base.epochs,
-        base.seed,
-        past,
-        [{name: run.data.params[name] for name in spec.names} for run in resumed],
-    )
-    outcomes: dict[int, TrialOutcome] = {}
-
-    def report(number: int, label: str, outcome: TrialOutcome) -> None:
-        error = f" ({outcome.error})" if outcome.error else ""
-        echo(f"{label}: {outcome.status.value}{error}")
-        outcomes[number] = outcome
-
+    resumed = [run for run in runs if ending_of(run) is None][: max(0, total - len(done))]
+    histories = metric_histories(done, schema.METRIC_VALID_ACC)
+    past = [past_trial(run, spec.names, h) for run, h in zip(done, histories, strict=True)]
+    resumed_params = [{name: run.data.params[name] for name in spec.names} for run in resumed]
+    state = runner.host(SearchState, spec, base.epochs, base.seed, past, resumed_params)
+    outcomes = Outcomes(echo)
     for run, trial in zip(done, past, strict=True):
         if trial.ending is not Ending.FAILED:
             config = TrainConfig.from_overrides(trial.params, base)
-            outcome = TrialOutcome(config, TrialStatus.REUSED, run.info.run_id, trial.value)
             number = trial_number(run)
-            report(number, trial_label(number, total, config, spec.names), outcome)
+            outcome = TrialOutcome(config, TrialStatus.REUSED, run.info.run_id, trial.value)
+            outcomes.add(number, trial_label(number, total, config, spec.names), outcome)
+    numbers = [*map(trial_number, resumed), *new_numbers(runs, total - len(done) - len(resumed))]
+    trials = SampledTrials(state, study, base, key, total, numbers)
+    for trial, outcome in runner.run(trials, parent, study.name):
+        trials.tell(trial, outcome)
+        outcomes.add(trial.index, trial.label, outcome)
+    return outcomes.in_order()
 
-    asked: dict[int, int] = {}  # trial number → its number in `state`
 
-    def trials() -> Iterator[Trial]:
-        new_numbers = itertools.count(max(map(trial_number, runs), default=0) + 1)
-        for position in range(to_run):
-            asked_number, values = state.ask()
-            number = trial_number(resumed[position]) if position < len(resumed) else None
-            number = number or next(new_numbers)
-            asked[number] = asked_number
-            config = TrainConfig.from_overrides(values, base)
-            stopping = (EarlyStopping(state, asked_number),) if spec.pruner != "none" else ()
+def new_numbers(runs: Sequence[Run], count: int) -> range:
+    """The numbers of `count` new trials, after every number the search's runs carry."""
+    first = max(map(trial_number, runs), default=0) + 1
+    return range(first, first + max(0, count))
+
+
+class SampledTrials:
+    """This sweep's trials of the search, numbered `numbers`, each sampled when it is due.
+
+    Read lazily by the executor: a trial is asked of the sampler only after the outcomes the
+    executor has already reported were told to it.
+    """
+
+    def __init__(
+        self,
+        state: SearchState,
+        study: Study,
+        base: TrainConfig,
+        key: str,
+        total: int,
+        numbers: Sequence[int],
+    ) -> None:
+        self.state, self.spec, self.base = state, study.search, base
+        self.key, self.total, self.numbers = key, total, numbers
+        self._asked: dict[int, int] = {}  # trial number → its number in `state`
+
+    def __iter__(self) -> Iterator[Trial]:
+        for number in self.numbers:
+            asked_number, values = self.state.ask()
+            self._asked[number] = asked_number
+            config = TrainConfig.from_overrides(values, self.base)
+            stopping = self.spec.pruner != "none"
             yield Trial(
                 number,
                 config,
-                trial_label(number, total, config, spec.names),
-                tags={schema.TAG_TRIAL_NUMBER: str(number), schema.TAG_SEARCH_KEY: key},
-                callbacks=stopping,
+                trial_label(number, self.total, config, self.spec.names),
+                tags={schema.TAG_TRIAL_NUMBER: str(number), schema.TAG_SEARCH_KEY: self.key},
+                callbacks=(EarlyStopping(self.state, asked_number),) if stopping else (),
             )
 
-    for trial, outcome in runner.run(trials(), parent, study.name):
-        state.tell(asked[trial.index], ENDINGS[outcome.status], outcome.best_valid_acc)
-        report(trial.index, trial.label, outcome)
-    return [outcomes[number] for number in sorted(outcomes)]
+    def tell(self, trial: Trial, outcome: TrialOutcome) -> None:
+        """Tell the sampler how `trial` ended."""
+        asked_number = self._asked.pop(trial.index)
+        self.state.tell(asked_number, ENDINGS[outcome.status], outcome.best_valid_acc)
