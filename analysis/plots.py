@@ -13,7 +13,8 @@ from matplotlib.ticker import MaxNLocator
 
 from cifar_mlflow import schema
 
-# The 2x2 panel of SPEC §1: (metric, axis label, scale from logged unit to shown unit).
+# The 2x2 panel of the curve figures (docs/analysis.md): (metric, axis label, scale from
+# logged unit to shown unit).
 PANELS = (
     (schema.METRIC_TRAIN_LOSS, "train loss", 1.0),
     (schema.METRIC_VALID_LOSS, "valid loss", 1.0),

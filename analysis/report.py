@@ -1,9 +1,9 @@
 """One self-contained HTML report of the whole study: `python -m analysis.report`.
 
-Every figure and table of SPEC §1 from the latest finished sweep of each built-in study, the
-best configuration of each model, and links to the runs. Images are embedded as data URIs and
-the styling is inline, so the file opens anywhere without network access. A study that has not
-been run is listed as missing.
+Every figure and table of the source report (docs/analysis.md) from the latest finished sweep
+of each built-in study, the best configuration of each model, and links to the runs. Images
+are embedded as data URIs and the styling is inline, so the file opens anywhere without
+network access. A study that has not been run is listed as missing.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from cifar_mlflow.reachability import is_server_uri, redact_uri
 
 @dataclass(frozen=True)
 class Section:
-    """A row of SPEC §1: which study answers which question, and what the source reported."""
+    """A row of docs/analysis.md's table: which study answers which question, what was reported."""
 
     study: str
     curves: str  # label of the curves figure

@@ -1,4 +1,4 @@
-"""`engine.fit` on a device, checked for what the README claims is exact (issue 17).
+"""`engine.fit` on a device, checked for what docs/gpus.md claims is exact.
 
 Per model, on the synthetic set: a run, the same run again (same seed: same curves?), and the
 run interrupted after its first epoch and resumed from the checkpoint (the same final weights

@@ -1,6 +1,7 @@
 """What the machine cannot honour is bad input: refused in one line before any run exists.
 
-The README's bad-input table runs the rows a CPU-only machine can show (`--device cuda`, an
+The bad-input table (docs/bad-input.md) runs the rows a CPU-only machine can show
+(`--device cuda`, an
 unwritable folder, a deleted experiment); these cover what needs a GPU or an existing run.
 """
 

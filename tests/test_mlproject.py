@@ -1,4 +1,6 @@
-"""`mlflow run . -e train` end to end: one tracked run per model, inspected against SPEC §5.
+"""`mlflow run . -e train` end to end: one tracked run per model, checked against the schema.
+
+The schema is docs/tracking-schema.md.
 
 Each `mlflow run` is a subprocess in the repository root (as a user types it) with a temporary
 SQLite store, an experiment whose artifacts live under the temporary folder, and `data_dir`
@@ -48,7 +50,7 @@ MODEL_PARAMS = {
 NUM_PARAMS = {
     "mlp": 3_709_194,
     "resnet18": 11_173_962,
-    # SPEC §2 with D = 256, N = 4, patch 4 (64 tokens): stem + 4 blocks + norm + head.
+    # docs/architecture.md's Mixer, D = 256, N = 4, patch 4 (64 tokens): stem, 4 blocks, norm, head.
     "mlpmixer": (3 * 4 * 4 * 256 + 256)
     + 4 * (2 * 2 * 256 + (64 * 128 + 128 + 128 * 64 + 64) + (256 * 1024 + 1024 + 1024 * 256 + 256))
     + 2 * 256
@@ -130,7 +132,7 @@ def expected_config(result: MlflowRunResult) -> TrainConfig:
     return TrainConfig.from_overrides(result.params)
 
 
-# --- one FINISHED run with the schema of SPEC §5 -----------------------------------------------
+# --- one FINISHED run with the tracking schema (docs/tracking-schema.md) -------------------
 
 
 def test_one_finished_run_in_experiment_cifar10(trained: MlflowRunResult) -> None:

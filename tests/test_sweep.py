@@ -180,7 +180,7 @@ def test_overriding_a_varied_option_is_refused():
         load_study("patch").trial_configs({"patch_size": "8"})
 
 
-# SPEC §1: what each built-in study varies and fixes.
+# docs/analysis.md: what each built-in study varies and fixes.
 EXPECTED_STUDIES = {
     "activation": ("mlp", {}, {"activation": ["relu", "tanh", "sigmoid"]}),
     "lr": ("resnet18", {"optimizer": "adam"}, {"lr": [0.1, 0.01, 0.001, 0.0001, 0.00001]}),
