@@ -82,6 +82,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from cifar_mlflow import data, engine, environment, synthetic
+from cifar_mlflow.augmentation import CROP_RATIO, CROP_SCALE
 from cifar_mlflow.config import PRECISIONS, TrainConfig
 from cifar_mlflow.models import build_model
 
@@ -153,7 +154,7 @@ def reference_loader(
     normalise = [transforms.ToTensor(), transforms.Normalize(data.CIFAR_MEAN, data.CIFAR_STD)]
     augmentation = [
         transforms.RandomHorizontalFlip(),
-        transforms.RandomResizedCrop(32, scale=data.CROP_SCALE, ratio=data.CROP_RATIO),
+        transforms.RandomResizedCrop(32, scale=CROP_SCALE, ratio=CROP_RATIO),
     ]
     transform = transforms.Compose([*augmentation, *normalise] if train else normalise)
     return DataLoader(

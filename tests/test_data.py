@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_mlflow import augmentation, cifar_pickle, data
+from cifar_mlflow import augmentation, cifar_pickle, data, synthetic
 from cifar_mlflow.cifar_pickle import CIFAR_FOLDER
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import CifarArrays, DataError
@@ -166,8 +166,8 @@ def test_synthetic_set_is_generated_once_in_the_cifar_layout(tmp_path: Path) -> 
         [*BATCH_NAMES, "test_batch", "batches.meta"]
     )
     assert arrays.name == "synthetic"
-    assert len(arrays.train_labels) == data.SYNTHETIC_TRAIN_SIZE
-    assert len(arrays.test_labels) == data.SYNTHETIC_TEST_SIZE
+    assert len(arrays.train_labels) == synthetic.SYNTHETIC_TRAIN_SIZE
+    assert len(arrays.test_labels) == synthetic.SYNTHETIC_TEST_SIZE
     assert set(np.unique(arrays.train_labels)) == set(range(10))
     # Loaded again from disk: same content, not regenerated differently.
     stamp = (folder / "test_batch").stat().st_mtime_ns
