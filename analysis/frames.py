@@ -14,8 +14,12 @@ from cifar_mlflow import schema
 # configuration a report shows.
 BOOKKEEPING_PARAMS = ("data_dir", "device", "seed")
 FIXED_SETTING = "fixed configuration"
-TABLE1_METRICS = ("inference_time_s", "train_epoch_time_s", "test_acc")
-SUMMARY_METRICS = ("best_valid_acc", "test_acc")
+TABLE1_METRICS = (
+    schema.METRIC_INFERENCE_TIME_S,
+    schema.METRIC_TRAIN_EPOCH_TIME_S,
+    schema.METRIC_TEST_ACC,
+)
+SUMMARY_METRICS = (schema.METRIC_BEST_VALID_ACC, schema.METRIC_TEST_ACC)
 
 
 def parse_param(text: str) -> float | str:
@@ -89,13 +93,13 @@ def table1(trials: pd.DataFrame) -> pd.DataFrame:
     """Table 1 of the source report from the trials of a patch sweep, one row per patch size."""
     trials = trials.assign(
         patch_size=trials["params.patch_size"].map(parse_param).astype(int),
-        num_params=trials["metrics.num_params"].astype("int64"),
+        num_params=trials[f"metrics.{schema.METRIC_NUM_PARAMS}"].astype("int64"),
     )
     stats = seed_stats(trials, "patch_size", TABLE1_METRICS)
     # The parameter count depends on the architecture only, so seeds of a size agree on it.
-    params = trials.groupby("patch_size")["num_params"].first()
+    params = trials.groupby("patch_size")[schema.METRIC_NUM_PARAMS].first()
     return stats.merge(params.reset_index(), on="patch_size")[
-        ["patch_size", "num_params", *stats.columns.drop("patch_size")]
+        ["patch_size", schema.METRIC_NUM_PARAMS, *stats.columns.drop("patch_size")]
     ]
 
 
@@ -104,7 +108,7 @@ def best_trial(trials: pd.DataFrame, best_run_id: str | None) -> pd.Series:
     chosen = trials[trials["run_id"] == best_run_id]
     if not chosen.empty:
         return chosen.iloc[0]
-    return trials.loc[trials["metrics.best_valid_acc"].idxmax()]
+    return trials.loc[trials[f"metrics.{schema.METRIC_BEST_VALID_ACC}"].idxmax()]
 
 
 def configuration(trial: pd.Series) -> dict[str, str]:

@@ -11,12 +11,15 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-# The 2x2 panel of SPEC §1: (metric, axis label, scale from logged unit to shown unit).
+from cifar_mlflow import schema
+
+# The 2x2 panel of the curve figures (docs/analysis.md): (metric, axis label, scale from
+# logged unit to shown unit).
 PANELS = (
-    ("train_loss", "train loss", 1.0),
-    ("valid_loss", "valid loss", 1.0),
-    ("train_acc", "train accuracy (%)", 100.0),
-    ("valid_acc", "valid accuracy (%)", 100.0),
+    (schema.METRIC_TRAIN_LOSS, "train loss", 1.0),
+    (schema.METRIC_VALID_LOSS, "valid loss", 1.0),
+    (schema.METRIC_TRAIN_ACC, "train accuracy (%)", 100.0),
+    (schema.METRIC_VALID_ACC, "valid accuracy (%)", 100.0),
 )
 CURVE_METRICS = tuple(metric for metric, _, _ in PANELS)
 BAND_ALPHA = 0.2

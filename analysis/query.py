@@ -15,19 +15,20 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from cifar_mlflow import schema
 from cifar_mlflow.errors import UserError
-from cifar_mlflow.reachability import check_reachable, is_server_uri, redact_uri
+from cifar_mlflow.reachability import check_reachable
+from cifar_mlflow.tracking.client import run_url
+from cifar_mlflow.tracking.lookups import run_by_id
+from cifar_mlflow.tracking.pages import all_pages, finished_sweep_trials, quoted, search_runs
+
+__all__ = ["AnalysisError", "Sweep", "Tracking", "run_url", "runs_frame"]
 
 # Per-run, per-metric history requests are independent REST round trips: overlapping them hides
 # the latency of a remote server (sequentially, 60 requests x 50 ms is already 3 s). Kept under
 # MLflow's HTTP connection pool size (MLFLOW_HTTP_POOL_MAXSIZE, 10) so connections are reused.
 HISTORY_THREADS = 8
-# One page of search results; MLflow caps it at 50,000 (more pages are fetched when needed).
-PAGE_SIZE = 5_000
 RUN_COLUMNS = ["run_id", "experiment_id", "run_name", "status", "start_time"]
 HISTORY_COLUMNS = ["run_id", "metric", "step", "timestamp", "value"]
 CHAMPION_COLUMNS = ["name", "version", "alias", "study", "model", "run_id", *schema.VERSION_METRICS]
@@ -65,11 +66,6 @@ def _split(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _quote(value: str) -> str:
-    """A string literal for an MLflow search filter."""
-    return f'"{value}"' if "'" in value else f"'{value}'"
-
-
 def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
     """Runs as rows, in the column layout of `mlflow.search_runs` (`params.lr`, `metrics.x`...)."""
     rows = [
@@ -104,31 +100,10 @@ class Tracking:
             if found is None:
                 raise AnalysisError(f"experiment {experiment!r} does not exist")
             return [found.experiment_id]
-        ids, token = [], None
-        while True:
-            page = self.client.search_experiments(max_results=1000, page_token=token)
-            ids += [found.experiment_id for found in page]
-            token = page.token
-            if not token:
-                return ids
-
-    def _search(
-        self, experiment_ids: list[str], filter_string: str, max_results: int | None = None
-    ) -> list[Run]:
-        runs: list[Run] = []
-        token = None
-        while True:
-            page = self.client.search_runs(
-                experiment_ids,
-                filter_string,
-                max_results=min(max_results or PAGE_SIZE, PAGE_SIZE),
-                order_by=["attributes.start_time DESC"],
-                page_token=token,
-            )
-            runs += page
-            token = page.token
-            if not token or (max_results is not None and len(runs) >= max_results):
-                return runs[:max_results]
+        pages = all_pages(
+            lambda token: self.client.search_experiments(max_results=1000, page_token=token)
+        )
+        return [found.experiment_id for found in pages]
 
     def _finished_sweeps(
         self, experiment_ids: list[str], study: str | None = None, max_results: int | None = None
@@ -138,8 +113,8 @@ class Tracking:
             "attributes.status = 'FINISHED'",
         ]
         if study is not None:
-            filters.append(f"tags.{schema.TAG_STUDY} = {_quote(study)}")
-        return self._search(experiment_ids, " AND ".join(filters), max_results)
+            filters.append(f"tags.{schema.TAG_STUDY} = {quoted(study)}")
+        return search_runs(self.client, experiment_ids, " AND ".join(filters), limit=max_results)
 
     def latest_sweep(self, study: str, experiment: str | None = None) -> Sweep | None:
         """The most recently started finished sweep of `study`, or None when it never ran."""
@@ -157,12 +132,7 @@ class Tracking:
         return sorted({run.data.tags.get(schema.TAG_STUDY, "") for run in searched} - {""})
 
     def sweep_by_id(self, parent_run_id: str) -> Sweep:
-        try:
-            run = self.client.get_run(parent_run_id)
-        except MlflowException as error:
-            if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-                raise
-            raise AnalysisError(f"no run with id {parent_run_id!r}") from error
+        run = run_by_id(parent_run_id, self.client)
         if run.data.tags.get(schema.TAG_ROLE) != schema.ROLE_SWEEP:
             raise AnalysisError(
                 f"run {parent_run_id} is not a sweep (no tag {schema.TAG_ROLE}={schema.ROLE_SWEEP})"
@@ -196,19 +166,12 @@ class Tracking:
 
     def trials(self, sweep: Sweep) -> pd.DataFrame:
         """The sweep's finished children plus the finished runs it reused, one row per run."""
-        finished = "attributes.status = 'FINISHED'"
-        children = self._search(
-            [sweep.experiment_id],
-            f"tags.`{schema.TAG_PARENT_RUN_ID}` = '{sweep.run_id}' AND {finished}",
+        # A reused trial may live in another experiment than the sweep that reuses it.
+        reused_scope = self.experiment_ids() if sweep.reused_run_ids else None
+        runs = finished_sweep_trials(
+            self.client, sweep.experiment_id, sweep.run_id, sweep.reused_run_ids, reused_scope
         )
-        reused: list[Run] = []
-        if sweep.reused_run_ids:
-            ids = ", ".join(f"'{run_id}'" for run_id in sweep.reused_run_ids)
-            # A reused trial may live in another experiment than the sweep that reuses it.
-            reused = self._search(
-                self.experiment_ids(), f"attributes.run_id IN ({ids}) AND {finished}"
-            )
-        return runs_frame([*children, *reused])
+        return runs_frame(runs)
 
     def history(self, run_ids: Iterable[str], metrics: Sequence[str]) -> pd.DataFrame:
         """Long frame of every logged value of `metrics` for the runs: one row per value."""
@@ -233,40 +196,31 @@ class Tracking:
     def registered_champions(self) -> pd.DataFrame:
         """The `champion` version of each `cifar10-<study>` registered model, one row each."""
         prefix = schema.REGISTERED_MODEL_PREFIX
-        rows, token = [], None
-        while True:
-            page = self.client.search_registered_models(
+        models = all_pages(
+            lambda token: self.client.search_registered_models(
                 f"name LIKE '{prefix}%'", order_by=["name ASC"], page_token=token
             )
-            for model in page:
-                version = model.aliases.get(schema.CHAMPION_ALIAS)
-                if version is None:
-                    continue
-                tags = self.client.get_model_version(model.name, version).tags
-                rows.append(
-                    {
-                        "name": model.name,
-                        "version": str(version),
-                        "alias": schema.CHAMPION_ALIAS,
-                        "study": tags.get(schema.TAG_STUDY, model.name.removeprefix(prefix)),
-                        "model": tags.get(schema.TAG_MODEL, ""),
-                        "run_id": tags.get(schema.TAG_SOURCE_RUN_ID, ""),
-                        **{m: float(tags.get(m, "nan")) for m in schema.VERSION_METRICS},
-                    }
-                )
-            token = page.token
-            if not token:
-                return pd.DataFrame(rows, columns=CHAMPION_COLUMNS)
+        )
+        rows = []
+        for model in models:
+            version = model.aliases.get(schema.CHAMPION_ALIAS)
+            if version is None:
+                continue
+            tags = self.client.get_model_version(model.name, version).tags
+            rows.append(
+                {
+                    "name": model.name,
+                    "version": str(version),
+                    "alias": schema.CHAMPION_ALIAS,
+                    "study": tags.get(schema.TAG_STUDY, model.name.removeprefix(prefix)),
+                    "model": tags.get(schema.TAG_MODEL, ""),
+                    "run_id": tags.get(schema.TAG_SOURCE_RUN_ID, ""),
+                    **{m: float(tags.get(m, "nan")) for m in schema.VERSION_METRICS},
+                }
+            )
+        return pd.DataFrame(rows, columns=CHAMPION_COLUMNS)
 
     def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: str) -> None:
         """Attach files to a run: the only write any analysis tool makes."""
         for path in paths:
             self.client.log_artifact(run_id, str(path), artifact_path)
-
-
-def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
-    """The run's page in the MLflow UI when the tracking URI is a server, else None."""
-    if not is_server_uri(tracking_uri):
-        return None
-    # Credentials may sit in the URI's user-info part; they must not end up in a report.
-    return f"{redact_uri(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -1,9 +1,9 @@
 """One self-contained HTML report of the whole study: `python -m analysis.report`.
 
-Every figure and table of SPEC §1 from the latest finished sweep of each built-in study, the
-best configuration of each model, and links to the runs. Images are embedded as data URIs and
-the styling is inline, so the file opens anywhere without network access. A study that has not
-been run is listed as missing.
+Every figure and table of the source report (docs/analysis.md) from the latest finished sweep
+of each built-in study, the best configuration of each model, and links to the runs. Images
+are embedded as data URIs and the styling is inline, so the file opens anywhere without
+network access. A study that has not been run is listed as missing.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from analysis.plots import png_bytes
 from analysis.query import AnalysisError, Tracking, run_url
 from analysis.search import SearchFigures, search_figures, top_columns
 from analysis.tables import Column
+from cifar_mlflow import schema
 from cifar_mlflow.reachability import is_server_uri, redact_uri
 
 
 @dataclass(frozen=True)
 class Section:
-    """A row of SPEC §1: which study answers which question, and what the source reported."""
+    """A row of docs/analysis.md's table: which study answers which question, what was reported."""
 
     study: str
     curves: str  # label of the curves figure
@@ -72,8 +73,8 @@ BEST_COLUMNS = (
     Column("Study", "study"),
     Column("Setting", "setting"),
     Column("Seeds", "seeds", "d"),
-    Column("Best valid accuracy (%)", "best_valid_acc", ".2f", 100, spread=True),
-    Column("Test accuracy (%)", "test_acc", ".2f", 100, spread=True),
+    Column("Best valid accuracy (%)", schema.METRIC_BEST_VALID_ACC, ".2f", 100, spread=True),
+    Column("Test accuracy (%)", schema.METRIC_TEST_ACC, ".2f", 100, spread=True),
 )
 CHAMPION_COLUMNS = (
     Column("Study", "study"),
@@ -81,8 +82,8 @@ CHAMPION_COLUMNS = (
     Column("Version", "version"),
     Column("Alias", "alias"),
     Column("Model", "model"),
-    Column("Best valid accuracy (%)", "best_valid_acc", ".2f", 100),
-    Column("Test accuracy (%)", "test_acc", ".2f", 100),
+    Column("Best valid accuracy (%)", schema.METRIC_BEST_VALID_ACC, ".2f", 100),
+    Column("Test accuracy (%)", schema.METRIC_TEST_ACC, ".2f", 100),
 )
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -239,7 +240,8 @@ def _section_html(result: StudyResult, tracking_uri: str) -> str:
     if figures.best is not None:
         best = figures.best
         ref = _run_ref(tracking_uri, best["experiment_id"], best["run_id"], best["run_name"])
-        parts.append(f"<p>Best run: {ref}, test accuracy {best['metrics.test_acc']:.2%}.</p>")
+        test_acc = best[f"metrics.{schema.METRIC_TEST_ACC}"]
+        parts.append(f"<p>Best run: {ref}, test accuracy {test_acc:.2%}.</p>")
     return "\n".join(parts)
 
 

@@ -47,10 +47,10 @@ class SearchFigures:
 
 def top_columns(top: pd.DataFrame, names: Sequence[str]) -> list[tables.Column]:
     return [
-        tables.Column("Trial", "trial_number", "d"),
+        tables.Column("Trial", schema.TAG_TRIAL_NUMBER, "d"),
         *(tables.Column(name, name, search_frames.value_format(top[name])) for name in names),
         tables.Column("Best valid accuracy (%)", "objective", ".2f", 100),
-        tables.Column("Test accuracy (%)", "test_acc", ".2f", 100),
+        tables.Column("Test accuracy (%)", schema.METRIC_TEST_ACC, ".2f", 100),
     ]
 
 
@@ -61,7 +61,7 @@ def search_figures(tracking: Tracking, sweep: Sweep) -> SearchFigures:
         raise AnalysisError(f"sweep {sweep.run_id} of study {sweep.study!r} has no finished trials")
     if f"tags.{schema.TAG_TRIAL_NUMBER}" not in trials:
         raise AnalysisError(f"study {sweep.study!r} is not a searched study (it has a grid)")
-    valid_acc = tracking.history(trials["run_id"], ["valid_acc"])
+    valid_acc = tracking.history(trials["run_id"], [schema.METRIC_VALID_ACC])
     search = search_frames.search_trials(trials, valid_acc, sweep.varied)
     text = tracking.artifact_bytes(sweep.run_id, schema.STUDY_ARTIFACT) or b""
     kinds = search_frames.searched_kinds(text.decode())

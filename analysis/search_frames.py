@@ -14,7 +14,14 @@ from cifar_mlflow import schema
 
 COMPLETE = "complete"
 STOPPED = "stopped"
-SEARCH_COLUMNS = ["run_id", "run_name", "trial_number", "outcome", "stopped_at_epoch", "objective"]
+SEARCH_COLUMNS = [
+    "run_id",
+    "run_name",
+    schema.TAG_TRIAL_NUMBER,
+    "outcome",
+    schema.TAG_STOPPED_AT_EPOCH,
+    "objective",
+]
 
 
 def searched_kinds(study_text: str) -> dict[str, str]:
@@ -39,16 +46,18 @@ def search_trials(
         {
             "run_id": trials["run_id"],
             "run_name": trials["run_name"],
-            "trial_number": trials[f"tags.{schema.TAG_TRIAL_NUMBER}"].astype(int),
+            schema.TAG_TRIAL_NUMBER: trials[f"tags.{schema.TAG_TRIAL_NUMBER}"].astype(int),
             "outcome": [STOPPED if pd.notna(s) else COMPLETE for s in stopped],
-            "stopped_at_epoch": pd.to_numeric(stopped, errors="coerce").astype("Int64"),
+            schema.TAG_STOPPED_AT_EPOCH: pd.to_numeric(stopped, errors="coerce").astype("Int64"),
             "objective": trials["run_id"].map(best),
-            "test_acc": trials.get("metrics.test_acc", pd.Series(float("nan"), trials.index)),
+            schema.METRIC_TEST_ACC: trials.get(
+                f"metrics.{schema.METRIC_TEST_ACC}", pd.Series(float("nan"), trials.index)
+            ),
         }
     )
     for name in names:
         frame[name] = trials[f"params.{name}"].map(parse_param)
-    return frame.sort_values("trial_number").reset_index(drop=True)
+    return frame.sort_values(schema.TAG_TRIAL_NUMBER).reset_index(drop=True)
 
 
 def best_so_far(search: pd.DataFrame) -> pd.Series:
@@ -61,7 +70,9 @@ def top_trials(search: pd.DataFrame, names: Sequence[str], count: int = 10) -> p
     """The best complete trials by objective (never by test accuracy), best first."""
     complete = search[search["outcome"] == COMPLETE]
     ranked = complete.sort_values("objective", ascending=False).head(count)
-    return ranked[["trial_number", *names, "objective", "test_acc"]].reset_index(drop=True)
+    return ranked[
+        [schema.TAG_TRIAL_NUMBER, *names, "objective", schema.METRIC_TEST_ACC]
+    ].reset_index(drop=True)
 
 
 def value_format(values: pd.Series) -> str:

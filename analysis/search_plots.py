@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from analysis.search_frames import COMPLETE, STOPPED, best_so_far
+from cifar_mlflow import schema
 
 ACC_SCALE = 100.0  # fractions logged, percent shown
 STOPPED_COLOR = "0.6"
@@ -38,9 +39,9 @@ def best_so_far_figure(search: pd.DataFrame, title: str) -> Figure:
     """Each trial's objective by trial number, and the best complete trial so far."""
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     ax = figure.subplots()
-    _trials_scatter(ax, search["trial_number"], search)
+    _trials_scatter(ax, search[schema.TAG_TRIAL_NUMBER], search)
     ax.step(
-        search["trial_number"],
+        search[schema.TAG_TRIAL_NUMBER],
         best_so_far(search) * ACC_SCALE,
         where="post",
         color="C3",
@@ -95,7 +96,9 @@ def learning_curves_figure(valid_acc: pd.DataFrame, search: pd.DataFrame, title:
             ax.plot(curve["step"], y, color=STOPPED_COLOR, linewidth=1)
             ax.plot(curve["step"].iloc[-1], y.iloc[-1], "x", color=STOPPED_COLOR)
         else:
-            ax.plot(curve["step"], y, linewidth=1.5, label=f"trial {trial['trial_number']}")
+            ax.plot(
+                curve["step"], y, linewidth=1.5, label=f"trial {trial[schema.TAG_TRIAL_NUMBER]}"
+            )
     ax.plot([], [], "x-", color=STOPPED_COLOR, label="stopped early (x: last epoch)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("valid accuracy (%)")

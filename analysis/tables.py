@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from cifar_mlflow import schema
+
 FORMATS = ("markdown", "csv", "latex")
 PLUS_MINUS = "±"
 
@@ -29,17 +31,19 @@ class Column:
 
 TABLE1_COLUMNS = (
     Column("Patch size", "patch_size", "d"),
-    Column("Parameters", "num_params", ",d"),
-    Column("Inference time (ms, valid split)", "inference_time_s", ".1f", 1000, spread=True),
-    Column("Training time (s / epoch)", "train_epoch_time_s", ".2f", spread=True),
-    Column("Test accuracy (%)", "test_acc", ".2f", 100, spread=True),
+    Column("Parameters", schema.METRIC_NUM_PARAMS, ",d"),
+    Column(
+        "Inference time (ms, valid split)", schema.METRIC_INFERENCE_TIME_S, ".1f", 1000, spread=True
+    ),
+    Column("Training time (s / epoch)", schema.METRIC_TRAIN_EPOCH_TIME_S, ".2f", spread=True),
+    Column("Test accuracy (%)", schema.METRIC_TEST_ACC, ".2f", 100, spread=True),
     Column("Seeds", "seeds", "d"),
 )
 SUMMARY_COLUMNS = (
     Column("Setting", "setting"),
     Column("Seeds", "seeds", "d"),
-    Column("Best valid accuracy (%)", "best_valid_acc", ".2f", 100, spread=True),
-    Column("Test accuracy (%)", "test_acc", ".2f", 100, spread=True),
+    Column("Best valid accuracy (%)", schema.METRIC_BEST_VALID_ACC, ".2f", 100, spread=True),
+    Column("Test accuracy (%)", schema.METRIC_TEST_ACC, ".2f", 100, spread=True),
 )
 
 

@@ -48,7 +48,7 @@ def fill(client: MlflowClient, experiment: str, runs: int, epochs: int, seeds: i
     experiment_id = fake_runs.create_experiment(client, experiment)
     clock = fake_runs.Clock()
     logged = 0
-    for study in schema.BUILTIN_STUDIES:
+    for study in schema.REPORT_STUDIES:
         # An earlier one-seed round with a crashed trial (the sweep ended FAILED), then the
         # latest round over all seeds, which reuses what finished, as re-running a sweep does.
         first = fake_runs.log_sweep(
@@ -61,7 +61,7 @@ def fill(client: MlflowClient, experiment: str, runs: int, epochs: int, seeds: i
             logged += 1 + len(sweep.trials) - len(sweep.reused) + len(sweep.failed)
     # One-off runs outside any study make up the rest, as in any team's experiment.
     configs = [
-        config for study in schema.BUILTIN_STUDIES for config in fake_runs.study_configs(study)
+        config for study in schema.REPORT_STUDIES for config in fake_runs.study_configs(study)
     ]
     for index in range(max(0, runs - logged)):
         config = replace(configs[index % len(configs)], seed=1000 + index, epochs=epochs)

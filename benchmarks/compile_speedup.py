@@ -9,7 +9,7 @@ graphs (mode reduce-overhead), on a CPU it runs Inductor's C++ kernels (needs a 
     .venv/bin/python benchmarks/compile_speedup.py [--models mlp] [--device auto]
         [--train-images N] [--infer-images N] [--repeats 5]
 
-Measured figures are in the README (GPU section).
+Measured figures are in docs/gpus.md.
 """
 
 from __future__ import annotations

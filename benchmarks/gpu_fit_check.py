@@ -1,4 +1,4 @@
-"""`engine.fit` on a device, checked for what the README claims is exact (issue 17).
+"""`engine.fit` on a device, checked for what docs/gpus.md claims is exact.
 
 Per model, on the synthetic set: a run, the same run again (same seed: same curves?), and the
 run interrupted after its first epoch and resumed from the checkpoint (the same final weights
@@ -52,7 +52,7 @@ def check(config: TrainConfig, arrays: data.CifarArrays, tmp: Path) -> None:
         f"{config.model}: {env.precision}, channels_last "
         f"{env.memory_format == torch.channels_last}, eval batch {env.eval_batch_size}, "
         f"augment batches {env.augment_batches}, compiled {env.compile}, deterministic "
-        f"{config.deterministic}; {seconds:.1f} s; train_loss {losses}; valid acc "
+        f"{config.deterministic}; {seconds:.1f} s; training losses {losses}; valid acc "
         f"{final.best_valid_acc:.3f}, test acc {final.test_acc:.3f}; "
         f"{final.train_images_per_s:,.0f} train img/s, "
         f"{final.inference_images_per_s:,.0f} inference img/s"

@@ -63,7 +63,7 @@ def measured(study_file: Path, data_dir: Path) -> tuple[int, float, float, int]:
     client = MlflowClient()
     epochs, stopped = 0, 0
     for outcome in result.outcomes:
-        epochs += len(client.get_metric_history(outcome.run_id, "valid_acc"))
+        epochs += len(client.get_metric_history(outcome.run_id, schema.METRIC_VALID_ACC))
         stopped += schema.TAG_STOPPED_AT_EPOCH in client.get_run(outcome.run_id).data.tags
     best = client.get_run(result.parent_run_id).data.metrics[schema.METRIC_BEST_VALID_ACC]
     return epochs, wall, best, stopped
@@ -101,7 +101,7 @@ def main(epochs: int, pruner: str, min_epochs: int, seed: int) -> None:
         # Neither sweep pays for creating the store or generating the data set.
         MlflowClient().search_experiments()
         load_arrays(TrainConfig(dataset="synthetic", data_dir=str(root / "data")))
-        click.echo(f"{'':8}{'epochs':>8}{'wall s':>9}{'best valid_acc':>16}{'stopped':>9}")
+        click.echo(f"{'':8}{'epochs':>8}{'wall s':>9}{'best valid acc':>16}{'stopped':>9}")
         rows = {}
         for name, study_file in (("grid", grid), ("search", search)):
             rows[name] = measured(study_file, root / "data")
@@ -110,7 +110,7 @@ def main(epochs: int, pruner: str, min_epochs: int, seed: int) -> None:
         (grid_epochs, grid_wall, grid_best, _), (epochs_, wall, best, _) = rows.values()
         click.echo(
             f"search / grid: epochs {epochs_ / grid_epochs:.2f}, wall time {wall / grid_wall:.2f}, "
-            f"best valid_acc {100 * (best - grid_best):+.2f} points"
+            f"best valid acc {100 * (best - grid_best):+.2f} points"
         )
 
 

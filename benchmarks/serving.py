@@ -31,9 +31,11 @@ from mlflow import MlflowClient
 from PIL import Image
 from plain_server import model_server
 
+from cifar_mlflow.cifar_pickle import CIFAR_FOLDER
 from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.data import CIFAR_FOLDER, read_cifar_folder, write_synthetic_cifar
+from cifar_mlflow.data import read_cifar_folder
 from cifar_mlflow.models import build_model
+from cifar_mlflow.synthetic import write_synthetic_cifar
 from cifar_mlflow.tracking.callback import log_model
 
 BATCH_SIZES = (1, 64)

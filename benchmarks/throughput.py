@@ -81,7 +81,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-from cifar_mlflow import data, engine, environment
+from cifar_mlflow import data, engine, environment, synthetic
+from cifar_mlflow.augmentation import CROP_RATIO, CROP_SCALE
 from cifar_mlflow.config import PRECISIONS, TrainConfig
 from cifar_mlflow.models import build_model
 
@@ -153,7 +154,7 @@ def reference_loader(
     normalise = [transforms.ToTensor(), transforms.Normalize(data.CIFAR_MEAN, data.CIFAR_STD)]
     augmentation = [
         transforms.RandomHorizontalFlip(),
-        transforms.RandomResizedCrop(32, scale=data.CROP_SCALE, ratio=data.CROP_RATIO),
+        transforms.RandomResizedCrop(32, scale=CROP_SCALE, ratio=CROP_RATIO),
     ]
     transform = transforms.Compose([*augmentation, *normalise] if train else normalise)
     return DataLoader(
@@ -303,7 +304,7 @@ def flops_per_image(config: TrainConfig, device: torch.device, train: bool) -> f
 def synthetic_arrays(folder: Path, train_images: int, infer_images: int) -> data.CifarArrays:
     # The valid split takes 10 % of the train images: write enough for `train_images` to remain.
     train_size = -(-train_images * 10 // 9) + 10
-    data.write_synthetic_cifar(folder, train_size=train_size, test_size=infer_images)
+    synthetic.write_synthetic_cifar(folder, train_size=train_size, test_size=infer_images)
     return data.read_cifar_folder(folder, name="synthetic")
 
 

@@ -85,7 +85,7 @@ import mlflow
 import psutil
 from plain_server import plain_server
 
-from cifar_mlflow import data, engine, environment
+from cifar_mlflow import data, engine, environment, synthetic
 from cifar_mlflow.checkpoint import CheckpointWriter, checkpoint_path
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.engine import Callback
@@ -326,7 +326,7 @@ def main(epochs: int, repeats: int, system_metrics_interval: float | None, devic
             {"epochs": 1, "train_size": WARM_UP_TRAIN_SIZE}, base=config
         )
         started = time.perf_counter()
-        data.write_synthetic_cifar(folder / "data", TRAIN_IMAGES, TEST_IMAGES)
+        synthetic.write_synthetic_cifar(folder / "data", TRAIN_IMAGES, TEST_IMAGES)
         arrays = data.read_cifar_folder(folder / "data", name="synthetic")
         click.echo(f"synthetic set written and read in {time.perf_counter() - started:.1f} s")
         with plain_server(folder) as (uri, server):

@@ -12,6 +12,13 @@ import pickle
 import struct
 from typing import IO, Any
 
+# The python layout: a folder of five training batches, a test batch and `batches.meta`.
+CIFAR_FOLDER = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CLASS_NAMES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+
 
 class Python2Pickler(pickle._Pickler):
     """Protocol 2 as Python 2 wrote it: text and bytes as Python 2 `str`, numpy's old names.

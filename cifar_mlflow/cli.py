@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -13,8 +12,8 @@ import click
 
 from cifar_mlflow import schema
 from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.console import Group
-from cifar_mlflow.errors import UserError
+from cifar_mlflow.console import Group, hint_when_interrupted
+from cifar_mlflow.errors import OptionError, UserError
 from cifar_mlflow.server.cli import server
 
 
@@ -79,11 +78,7 @@ def fails_launcher_run(command: Callable) -> Callable:
     return wrapper
 
 
-class TrainingGroup(Group):
-    interrupted_message = "Aborted: the run is marked KILLED; continue it with --resume RUN_ID."
-
-
-@click.group(cls=TrainingGroup)
+@click.group(cls=Group)
 def cli() -> None:
     """Train and compare CIFAR-10 models, tracked in MLflow."""
 
@@ -101,21 +96,21 @@ def cli() -> None:
     help="Continue this run from its last checkpointed epoch (with its own options).",
 )
 @fails_launcher_run
+@hint_when_interrupted("the run is marked KILLED; continue it with --resume RUN_ID.")
 def train(experiment: str, study: str, resume: str | None, **options: Any) -> None:
     """Train one model and track it as an MLflow run."""
     from cifar_mlflow.data import load_arrays
     from cifar_mlflow.environment import check_machine
     from cifar_mlflow.progress import ProgressCallback
     from cifar_mlflow.tracking.client import check_tracking_server, run_id_from_mlflow_run, run_link
-    from cifar_mlflow.tracking.lookups import resumable_run
     from cifar_mlflow.tracking.runs import point_launcher_to
-    from cifar_mlflow.training import train_tracked
+    from cifar_mlflow.training import resumable_run, train_tracked
 
     overrides = overrides_from(options)
     if resume:
         # `mlflow run` passes every declared option; only a changed one is a mistake.
         if TrainConfig.from_overrides(overrides) != TrainConfig():
-            raise UserError("--resume continues a run with its own options; give no other option")
+            raise OptionError("--resume continues a run with its own options; give no other option")
         check_tracking_server()
         run, config, state = resumable_run(resume)
         check_machine(config)
@@ -143,7 +138,7 @@ def train(experiment: str, study: str, resume: str | None, **options: Any) -> No
 @click.option(
     "--study",
     required=True,
-    help="Built-in study (activation, lr, patch, best_resnet, best_mixer) or a .yaml file.",
+    help=f"Built-in study ({', '.join(schema.builtin_studies())}) or a .yaml file.",
 )
 @click.option(
     "--seeds", default=None, metavar="N", help="Seeds per setting [default: the study's]."
@@ -198,6 +193,7 @@ def train(experiment: str, study: str, resume: str | None, **options: Any) -> No
 @training_options
 @experiment_option
 @fails_launcher_run
+@hint_when_interrupted("the sweep is marked KILLED; run the same command again to continue it.")
 def sweep(
     study: str,
     seeds: str | None,
@@ -214,28 +210,22 @@ def sweep(
     """Run a study: a parent run with one nested run per trial; finished trials are reused."""
     from cifar_mlflow.studies import load_study
     from cifar_mlflow.sweeps.ray_options import RayOptions
-    from cifar_mlflow.sweeps.sweep import SweepFailed, run_sweep
+    from cifar_mlflow.sweeps.sweep import run_sweep
     from cifar_mlflow.sweeps.trials import TrialStatus
     from cifar_mlflow.tracking.client import check_tracking_server
 
     loaded = load_study(study)
     check_tracking_server()
-    try:
-        result = run_sweep(
-            loaded,
-            overrides_from(options),
-            seeds=parse_count("seeds", seeds),
-            trials=parse_count("trials", trials),
-            executor=executor,
-            ray_options=RayOptions(ray_address, cpus_per_trial, gpus_per_trial),
-            experiment=experiment,
-            register=register and not no_register,
-        )
-    except SweepFailed as failure:
-        for outcome in failure.result.failures:
-            click.echo(f"FAILED {outcome.config.run_name()}: {outcome.error}", err=True)
-        click.echo(f"Sweep {loaded.name}: {failure}. {failure.result.link}", err=True)
-        sys.exit(1)
+    result = run_sweep(  # failed trials: SweepFailed, which the console reports (status 1)
+        loaded,
+        overrides_from(options),
+        seeds=parse_count("seeds", seeds),
+        trials=parse_count("trials", trials),
+        executor=executor,
+        ray_options=RayOptions(ray_address, cpus_per_trial, gpus_per_trial),
+        experiment=experiment,
+        register=register and not no_register,
+    )
     shown = (TrialStatus.FINISHED, TrialStatus.REUSED)
     if loaded.search is not None:
         shown = (TrialStatus.FINISHED, TrialStatus.STOPPED, TrialStatus.REUSED)
@@ -254,7 +244,7 @@ def parse_count(name: str, text: str | None) -> int | None:
     except ValueError:
         count = 0
     if count < 1:
-        raise UserError(f"{name} must be an integer >= 1, got {text!r}")
+        raise OptionError(f"{name} must be an integer >= 1, got {text!r}")
     return count
 
 
@@ -340,7 +330,8 @@ def warn_ignored(config: TrainConfig) -> None:
     for name in config.ignored_overrides():
         click.echo(
             f"Note: {name}={config.to_params()[name]} has no effect with model={config.model}, "
-            f"optimizer={config.optimizer} (recorded in the run's `unused_params` tag)",
+            f"optimizer={config.optimizer} (recorded in the run's "
+            f"`{schema.TAG_UNUSED_PARAMS}` tag)",
             err=True,
         )
 

@@ -10,18 +10,20 @@ runs, so that no line of the project or of MLflow can print them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar, cast
 
 import click
 
 from cifar_mlflow.errors import TrainingError, UserError
 from cifar_mlflow.reachability import move_uri_credentials_to_environment
 
+F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_USER_ERROR = 2
 EXIT_TRAINING_FAILED = 1
@@ -106,10 +108,34 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-class _OneLineErrors:
-    """Runs a click command so that each way of failing ends in one line and its status."""
+class InterruptedWithHint(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM in a command whose work can be continued; the message says how."""
 
-    interrupted_message = "Aborted."
+
+def hint_when_interrupted(hint: str) -> Callable[[F], F]:
+    """A command that can continue what an interruption stopped says how, in one line."""
+
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return command(*args, **kwargs)
+            except InterruptedWithHint:
+                raise
+            except KeyboardInterrupt as interruption:
+                raise InterruptedWithHint(hint) from interruption
+
+        return cast(F, wrapper)
+
+    return decorate
+
+
+class _OneLineErrors:
+    """Runs a click command so that each way of failing ends in one line and its status.
+
+    This is the one place that maps errors to exit statuses: `UserError` (and click's usage
+    errors) 2, `TrainingError` 1, an interruption 130.
+    """
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any):
         # SIGTERM is handled like Ctrl-C: a run ends KILLED and keeps its checkpoint.
@@ -124,10 +150,13 @@ class _OneLineErrors:
         except UserError as error:
             fail(str(error))
         except TrainingError as error:
-            click.echo(f"Error: {error} (the run is marked FAILED)", err=True)
+            click.echo(error.report(), err=True)
             sys.exit(EXIT_TRAINING_FAILED)
-        except (click.Abort, KeyboardInterrupt):
-            click.echo(self.interrupted_message, err=True)
+        except (click.Abort, KeyboardInterrupt) as interruption:
+            # click turns an interruption into Abort, keeping it as the cause.
+            hint = interruption.__cause__ if isinstance(interruption, click.Abort) else interruption
+            hinted = isinstance(hint, InterruptedWithHint)
+            click.echo(f"Aborted: {hint}" if hinted else "Aborted.", err=True)
             sys.exit(EXIT_INTERRUPTED)
         sys.exit(status if isinstance(status, int) else 0)
 

@@ -10,11 +10,8 @@ only used to download the archive.
 from __future__ import annotations
 
 import hashlib
-import math
-import os
 import pickle
 import socket
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,27 +19,17 @@ import numpy as np
 import torch
 
 from cifar_mlflow import cifar_pickle
+from cifar_mlflow.cifar_pickle import CIFAR_FOLDER, CLASS_NAMES, TRAIN_BATCHES
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.errors import UserError
+from cifar_mlflow.synthetic import write_synthetic_cifar
 
-CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
-TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
-CLASS_NAMES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
 VALID_FRACTION = 0.1
 DOWNLOAD_TIMEOUT_S = 10
-
-# Random resized crop ranges (torchvision's RandomResizedCrop semantics).
-CROP_SCALE = (0.8, 1.0)  # fraction of the image area kept
-CROP_RATIO = (0.9, 1.1)  # width / height of the crop
-
-SYNTHETIC_TRAIN_SIZE = 5_000
-SYNTHETIC_TEST_SIZE = 1_000
 
 
 class DataError(UserError):
@@ -185,83 +172,6 @@ def download_cifar(folder: Path) -> None:
         socket.setdefaulttimeout(previous_timeout)
 
 
-def write_synthetic_cifar(
-    folder: Path,
-    train_size: int = SYNTHETIC_TRAIN_SIZE,
-    test_size: int = SYNTHETIC_TEST_SIZE,
-    seed: int = 0,
-) -> None:
-    """Write a learnable stand-in for CIFAR-10 in its python layout.
-
-    Each class is a smooth colour pattern (a few random low-frequency gratings); an image is
-    its class pattern, randomly shifted, mirrored and rescaled in contrast, plus pixel noise.
-    Classes are separable but not trivially, so curves and study comparisons look like
-    training on a real data set.
-    """
-    rng = np.random.default_rng(seed)
-    prototypes = _class_prototypes(rng, len(CLASS_NAMES))
-    images, labels = _sample_images(rng, prototypes, train_size + test_size)
-    folder.mkdir(parents=True, exist_ok=True)
-    train_chunks = np.array_split(np.arange(train_size), len(TRAIN_BATCHES))
-    for batch_name, indices in zip(TRAIN_BATCHES, train_chunks, strict=True):
-        _write_batch(folder / batch_name, images[indices], labels[indices])
-    _write_pickle(folder / "batches.meta", {"label_names": list(CLASS_NAMES), "num_vis": 3072})
-    # Last: `load_arrays` takes a folder with a test batch for complete.
-    _write_batch(folder / "test_batch", images[train_size:], labels[train_size:])
-
-
-def _class_prototypes(rng: np.random.Generator, num_classes: int) -> np.ndarray:
-    grid = np.linspace(0, 2 * np.pi, 32, endpoint=False)
-    yy, xx = np.meshgrid(grid, grid, indexing="ij")
-    prototypes = np.zeros((num_classes, 32, 32, 3))
-    for cls in range(num_classes):
-        for _ in range(3):
-            fy, fx = rng.integers(0, 3, size=2)
-            phase = rng.uniform(0, 2 * np.pi)
-            colour = rng.normal(0, 1, size=3)
-            prototypes[cls] += np.sin(fy * yy + fx * xx + phase)[..., None] * colour
-    return prototypes / prototypes.std(axis=(1, 2, 3), keepdims=True)
-
-
-def _sample_images(
-    rng: np.random.Generator, prototypes: np.ndarray, count: int
-) -> tuple[np.ndarray, np.ndarray]:
-    labels = rng.integers(0, len(prototypes), size=count)
-    images = prototypes[labels]
-    shifts = rng.integers(-4, 5, size=(count, 2))
-    images = np.stack(
-        [
-            np.roll(image, tuple(shift), axis=(0, 1))
-            for image, shift in zip(images, shifts, strict=True)
-        ]
-    )
-    mirrored = rng.random(count) < 0.5
-    images[mirrored] = images[mirrored, :, ::-1]
-    images *= rng.uniform(0.6, 1.4, size=(count, 1, 1, 1))
-    # A weaker pattern of another class and heavy noise keep the classes from being trivial.
-    distractors = prototypes[rng.integers(0, len(prototypes), size=count)]
-    images += 0.6 * distractors + rng.normal(0, 3.5, size=images.shape)
-    pixels = 128 + 20 * images
-    return np.clip(pixels, 0, 255).astype(np.uint8), labels
-
-
-def _write_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-    _write_pickle(path, {"data": data, "labels": labels.tolist()})
-
-
-def _write_pickle(path: Path, content: object) -> None:
-    """Pickle `content` to `path` in one step, as the official files are.
-
-    Parallel trials (Ray) may generate the same set at once: a reader sees a whole file or
-    none, and each writer replaces it with the same content.
-    """
-    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-    with partial.open("wb") as handle:
-        cifar_pickle.dump_python2(content, handle)
-    os.replace(partial, path)
-
-
 def split_indices(num_images: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Disjoint train/valid indices from one seeded permutation (valid = 10 %)."""
     generator = torch.Generator().manual_seed(seed)
@@ -300,45 +210,3 @@ def normalise(images_nhwc: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(CIFAR_MEAN, device=images_nhwc.device) * 255
     std = torch.tensor(CIFAR_STD, device=images_nhwc.device) * 255
     return ((images_nhwc.float() - mean) / std).permute(0, 3, 1, 2)
-
-
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Horizontal flip (p = 0.5) and random resized crop back to full size, for a whole batch.
-
-    Bilinear resampling is separable: each sample's crop and flip is one matrix acting on the
-    rows and one on the columns, so the batch is resampled by two batched matrix products. The
-    result equals `grid_sample(bilinear, padding_mode="border", align_corners=False)` over the
-    same crop boxes, at about 60 % of its cost on a CPU, and runs on tensor cores on a GPU.
-    """
-    batch, channels, height, width = images.shape
-    uniform = torch.rand(batch, 5, device=images.device, generator=generator)
-    area = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * uniform[:, 0]
-    log_ratio = math.log(CROP_RATIO[0]) + math.log(CROP_RATIO[1] / CROP_RATIO[0]) * uniform[:, 1]
-    ratio = torch.exp(log_ratio)
-    # Crop width and height as fractions of the image side, clipped to the image.
-    crop_width = torch.sqrt(area * ratio).clamp(max=1.0)
-    crop_height = torch.sqrt(area / ratio).clamp(max=1.0)
-    # Crop centre in [-1, 1] image coordinates, anywhere the crop stays inside.
-    centre_x = (1 - crop_width) * (2 * uniform[:, 2] - 1)
-    centre_y = (1 - crop_height) * (2 * uniform[:, 3] - 1)
-    flip = torch.where(uniform[:, 4] < 0.5, -1.0, 1.0)
-    rows = _resample_matrix(height, crop_height, centre_y).to(images.dtype)
-    columns = _resample_matrix(width, crop_width * flip, centre_x).to(images.dtype)
-    resampled = rows.unsqueeze(1) @ images  # (batch, channels, height, width), contiguous
-    resampled = resampled.view(batch, channels * height, width) @ columns.transpose(1, 2)
-    return resampled.view(batch, channels, height, width)
-
-
-def _resample_matrix(size: int, scale: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-    """Bilinear weights (batch, size out, size in) along one axis.
-
-    Output pixel `o` reads the input at `scale · g(o) + centre`, where g(o) is the pixel's
-    centre in [-1, 1] coordinates; a negative scale mirrors the axis.
-    """
-    pixels = torch.arange(size, device=scale.device, dtype=scale.dtype)
-    grid = (2 * pixels + 1) / size - 1
-    source = ((scale[:, None] * grid + centre[:, None] + 1) * size - 1) / 2
-    # Reads beyond the edge take the edge pixel (grid_sample's "border" padding).
-    source = source.clamp(0, size - 1)
-    # The tent max(0, 1 - distance) is each input pixel's bilinear weight.
-    return (1 - (source[:, :, None] - pixels).abs()).clamp(min=0)

@@ -11,13 +11,15 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifar_mlflow import schema
+from cifar_mlflow.augmentation import augment
 from cifar_mlflow.checkpoint import (
     CheckpointWriter,
     TrainingState,
@@ -25,11 +27,12 @@ from cifar_mlflow.checkpoint import (
     restore_training_state,
 )
 from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.data import DeviceData, Split, augment
+from cifar_mlflow.data import DeviceData, Split
 from cifar_mlflow.environment import Environment
-from cifar_mlflow.errors import TrainingError
+from cifar_mlflow.errors import DivergedLossError, NonFiniteLossError
 from cifar_mlflow.eval_memory import with_eval_batch_for_memory
 from cifar_mlflow.models import build_model, count_parameters
+from cifar_mlflow.optimizers import build_optimizer
 from cifar_mlflow.schema import EpochMetrics, FinalMetrics
 
 DIVERGED_LOSS_FACTOR = 100.0  # × the chance-level loss; see `fit`
@@ -76,36 +79,6 @@ class Callback:
 
 class StopTraining(Exception):
     """Raised by a callback's `on_epoch_end` to end training after that epoch (early stopping)."""
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss diverged; training cannot recover from it."""
-
-
-def build_optimizer(
-    config: TrainConfig, model: nn.Module, device: torch.device
-) -> torch.optim.Optimizer:
-    """The optimiser `config.optimizer` names; weight decay is honoured by all four.
-
-    `momentum` is SGD's momentum for `momentum` and Adam's beta1 for `adam`/`adamw`.
-    """
-    params = model.parameters()
-    # One fused kernel per step instead of a few per parameter: on a CPU, AdamW's step over the
-    # MLP's 3.7 M parameters takes 2.3 ms fused against 8 ms with the default `foreach`.
-    fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
-    if config.optimizer in ("sgd", "momentum"):
-        momentum = config.momentum if config.optimizer == "momentum" else 0.0
-        return torch.optim.SGD(
-            params, lr=config.lr, momentum=momentum, weight_decay=config.weight_decay, **fused
-        )
-    optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return optimizer_class(
-        params,
-        lr=config.lr,
-        betas=(config.momentum, 0.999),
-        weight_decay=config.weight_decay,
-        **fused,
-    )
 
 
 def batches(
@@ -198,6 +171,21 @@ def train_one_epoch(
     return loss_sum.item() / len(split), correct.item() / len(split)
 
 
+@dataclass
+class _Training:
+    """What `fit` carries from one epoch to the next."""
+
+    config: TrainConfig
+    data: DeviceData
+    env: Environment
+    model: nn.Module  # what callbacks and the caller get
+    forward: nn.Module  # what trains and evaluates: `model` itself or its compiled wrapper
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # batch order and augmentation
+    history: list[dict[str, float]] = field(default_factory=list)
+    epoch_times: list[float] = field(default_factory=list)
+
+
 def fit(
     config: TrainConfig,
     data: DeviceData,
@@ -214,99 +202,120 @@ def fit(
     `resume`, training continues after the checkpointed epoch exactly as if it had never
     stopped: weights, optimiser state and the random streams are restored.
     """
+    run = _set_up(config, data, env, resume)
+    completed = [EpochMetrics(**epoch) for epoch in run.history]
+    batches_per_epoch = -(-len(data.train) // config.batch_size)
+    for callback in callbacks:
+        callback.on_train_start(run.model, config.epochs, batches_per_epoch, completed)
+    writer = CheckpointWriter(checkpoint) if checkpoint is not None else None
+    with writer or contextlib.nullcontext():
+        for epoch in range(len(run.history) + 1, config.epochs + 1):
+            metrics = _train_epoch(run, epoch, callbacks)
+            # Held before reporting, so that an epoch the server has seen is resumable; written
+            # after, so that the write does not delay the reports.
+            if writer is not None:
+                writer.hold(_training_state(run, epoch))
+            stopped = _report_epoch(metrics, callbacks)
+            if writer is not None:
+                writer.start_write()
+            if stopped:
+                for callback in callbacks:
+                    callback.on_train_stopped(epoch)
+                return run.model, None
+    return run.model, _test(run, callbacks)
+
+
+def _set_up(
+    config: TrainConfig, data: DeviceData, env: Environment, resume: TrainingState | None
+) -> _Training:
+    """The model, its optimiser and random streams: new for `config.seed`, or as resumed."""
     torch.manual_seed(config.seed)
     model = build_model(config, data.num_classes).to(env.device, memory_format=env.memory_format)
     env = with_eval_batch_for_memory(env, model, data.valid.images[:1])
     optimizer = build_optimizer(config, model, env.device)
-    # Training and evaluation go through `forward`; callbacks and the caller get `model` itself.
-    forward = env.compiled(model)
     # Batch order and augmentation draw from their own stream, so they are the same for a
     # seed whatever the model's initialisation consumed.
     generator = torch.Generator(env.device).manual_seed(config.seed)
-    history: list[dict[str, float]] = []
-    epoch_times: list[float] = []
+    run = _Training(config, data, env, model, env.compiled(model), optimizer, generator)
     if resume is not None:
         restore_training_state(resume, model, optimizer, generator, config.seed)
-        history, epoch_times = list(resume.history), list(resume.epoch_times)
-    batches_per_epoch = -(-len(data.train) // config.batch_size)
-    completed = [EpochMetrics(**epoch) for epoch in history]
-    for callback in callbacks:
-        callback.on_train_start(model, config.epochs, batches_per_epoch, completed)
+        run.history, run.epoch_times = list(resume.history), list(resume.epoch_times)
+    return run
 
-    best_valid_acc = max((epoch["valid_acc"] for epoch in history), default=0.0)
+
+def _train_epoch(run: _Training, epoch: int, callbacks: Sequence[Callback]) -> EpochMetrics:
+    """Train and validate one epoch; a diverged loss stops training before validation."""
+    run.env.synchronize()
+    start = time.perf_counter()
+    train_loss, train_acc = train_one_epoch(
+        run.forward, run.optimizer, run.data.train, run.config, run.env, run.generator, callbacks
+    )
+    run.epoch_times.append(time.perf_counter() - start)  # train_one_epoch ended with a sync
     # Far beyond chance level (ln of the class count): the weights have blown up. With Adam the
     # loss can stay finite there (1e12 and more), so finiteness alone does not catch it.
-    diverged_loss = DIVERGED_LOSS_FACTOR * math.log(data.num_classes)
-    writer = CheckpointWriter(checkpoint) if checkpoint is not None else None
-    with writer or contextlib.nullcontext():
-        for epoch in range(len(history) + 1, config.epochs + 1):
-            env.synchronize()
-            start = time.perf_counter()
-            train_loss, train_acc = train_one_epoch(
-                forward, optimizer, data.train, config, env, generator, callbacks
-            )
-            epoch_times.append(time.perf_counter() - start)  # train_one_epoch ended with a sync
-            check_diverged(train_loss, diverged_loss, epoch, config.lr)
-            valid_loss, valid_acc = evaluate(forward, data.valid, env)
-            best_valid_acc = max(best_valid_acc, valid_acc)
-            metrics = EpochMetrics(
-                epoch=epoch,
-                train_loss=train_loss,
-                train_acc=train_acc,
-                valid_loss=valid_loss,
-                valid_acc=valid_acc,
-                epoch_time_s=epoch_times[-1],
-                lr=optimizer.param_groups[0]["lr"],
-            )
-            history.append(asdict(metrics))
-            # Held before reporting, so that an epoch the server has seen is resumable; written
-            # after, so that the write does not delay the reports.
-            if writer is not None:
-                writer.hold(
-                    TrainingState(
-                        epoch=epoch,
-                        model=model.state_dict(),
-                        optimizer=optimizer.state_dict(),
-                        generator=generator.get_state(),
-                        history=history,
-                        epoch_times=epoch_times,
-                        device_type=env.device.type,
-                        **global_random_state(),
-                    )
-                )
-            stop = False
-            for callback in callbacks:
-                try:
-                    callback.on_epoch_end(metrics)
-                except StopTraining:
-                    stop = True
-            if writer is not None:
-                writer.start_write()
-            if stop:
-                for callback in callbacks:
-                    callback.on_train_stopped(epoch)
-                return model, None
+    diverged_loss = DIVERGED_LOSS_FACTOR * math.log(run.data.num_classes)
+    check_diverged(train_loss, diverged_loss, epoch, run.config.lr)
+    valid_loss, valid_acc = evaluate(run.forward, run.data.valid, run.env)
+    metrics = EpochMetrics(
+        epoch=epoch,
+        train_loss=train_loss,
+        train_acc=train_acc,
+        valid_loss=valid_loss,
+        valid_acc=valid_acc,
+        epoch_time_s=run.epoch_times[-1],
+        lr=run.optimizer.param_groups[0]["lr"],
+    )
+    run.history.append(asdict(metrics))
+    return metrics
 
+
+def _training_state(run: _Training, epoch: int) -> TrainingState:
+    return TrainingState(
+        epoch=epoch,
+        model=run.model.state_dict(),
+        optimizer=run.optimizer.state_dict(),
+        generator=run.generator.get_state(),
+        history=run.history,
+        epoch_times=run.epoch_times,
+        device_type=run.env.device.type,
+        **global_random_state(),
+    )
+
+
+def _report_epoch(metrics: EpochMetrics, callbacks: Sequence[Callback]) -> bool:
+    """Every callback gets the epoch; True when one of them stopped training."""
+    stopped = False
+    for callback in callbacks:
+        try:
+            callback.on_epoch_end(metrics)
+        except StopTraining:
+            stopped = True
+    return stopped
+
+
+def _test(run: _Training, callbacks: Sequence[Callback]) -> FinalMetrics:
+    """Time the final model, evaluate it on the test split and report the final metrics."""
     # The first epoch pays for warm-up (allocator, cuDNN autotuning, compiling), so it is left out.
-    train_epoch_time = statistics.median(epoch_times[1:] or epoch_times)
-    valid_time = inference_time(forward, data.valid, env)
+    train_epoch_time = statistics.median(run.epoch_times[1:] or run.epoch_times)
+    valid_time = inference_time(run.forward, run.data.valid, run.env)
     # After the timing: what callbacks start with the final model (uploads) must not slow it.
     for callback in callbacks:
-        callback.on_test_start(model)
-    test_loss, test_acc = evaluate(forward, data.test, env)
+        callback.on_test_start(run.model)
+    test_loss, test_acc = evaluate(run.forward, run.data.test, run.env)
+    valid_accs = (epoch[schema.METRIC_VALID_ACC] for epoch in run.history)
     final = FinalMetrics(
         test_loss=test_loss,
         test_acc=test_acc,
-        best_valid_acc=best_valid_acc,
-        num_params=count_parameters(model),
+        best_valid_acc=max(valid_accs, default=0.0),
+        num_params=count_parameters(run.model),
         train_epoch_time_s=train_epoch_time,
         inference_time_s=valid_time,
-        train_images_per_s=len(data.train) / train_epoch_time,
-        inference_images_per_s=len(data.valid) / valid_time,
+        train_images_per_s=len(run.data.train) / train_epoch_time,
+        inference_images_per_s=len(run.data.valid) / valid_time,
     )
     for callback in callbacks:
-        callback.on_train_end(model, final)
-    return model, final
+        callback.on_train_end(run.model, final)
+    return final
 
 
 def check_diverged(train_loss: float, diverged_loss: float, epoch: int, lr: float) -> None:
@@ -316,7 +325,7 @@ def check_diverged(train_loss: float, diverged_loss: float, epoch: int, lr: floa
             f"non-finite training loss ({train_loss}) in epoch {epoch}; lower lr (now {lr:g})"
         )
     if train_loss > diverged_loss:
-        raise NonFiniteLossError(
+        raise DivergedLossError(
             f"training loss diverged ({train_loss:.4g} > {diverged_loss:.4g}, "
             f"{DIVERGED_LOSS_FACTOR:g} × chance level) in epoch {epoch}; lower lr (now {lr:g})"
         )

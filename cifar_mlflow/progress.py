@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import click
 from torch import nn
 from tqdm import tqdm
 
+from cifar_mlflow import schema
 from cifar_mlflow.engine import Callback
 from cifar_mlflow.schema import EpochMetrics, FinalMetrics
+
+# The metrics a progress line shows, by name, with their format.
+EPOCH_SHOWN = (
+    (schema.METRIC_TRAIN_LOSS, ".4f"),
+    (schema.METRIC_TRAIN_ACC, ".3f"),
+    (schema.METRIC_VALID_LOSS, ".4f"),
+    (schema.METRIC_VALID_ACC, ".3f"),
+)
+FINAL_SHOWN = (
+    (schema.METRIC_TEST_ACC, ".4f"),
+    (schema.METRIC_TEST_LOSS, ".4f"),
+    (schema.METRIC_BEST_VALID_ACC, ".4f"),
+)
+
+
+def named(values: Mapping[str, float], shown: Sequence[tuple[str, str]]) -> str:
+    """`train_loss 0.1234 train_acc 0.567`: the `shown` metrics of `values`, formatted."""
+    return " ".join(f"{name} {values[name]:{spec}}" for name, spec in shown)
 
 
 class ProgressCallback(Callback):
@@ -48,11 +67,7 @@ class ProgressCallback(Callback):
             self.bar.update()
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
-        summary = (
-            f"train_loss {metrics.train_loss:.4f} train_acc {metrics.train_acc:.3f} "
-            f"valid_loss {metrics.valid_loss:.4f} valid_acc {metrics.valid_acc:.3f} "
-            f"({metrics.epoch_time_s:.1f} s)"
-        )
+        summary = f"{named(metrics.metrics(), EPOCH_SHOWN)} ({metrics.epoch_time_s:.1f} s)"
         if self.bar is not None:
             self.bar.set_postfix_str(summary)
             self.bar.close()
@@ -68,7 +83,6 @@ class ProgressCallback(Callback):
 
     def on_train_end(self, model: nn.Module, metrics: FinalMetrics) -> None:
         click.echo(
-            f"{self.label}: test_acc {metrics.test_acc:.4f} test_loss {metrics.test_loss:.4f} "
-            f"best_valid_acc {metrics.best_valid_acc:.4f}",
+            f"{self.label}: {named(metrics.metrics(), FINAL_SHOWN)}",
             err=True,
         )

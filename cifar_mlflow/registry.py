@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import io
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlflow
@@ -22,13 +22,15 @@ from mlflow import MlflowClient
 from mlflow.entities import LoggedModel, LoggedModelStatus, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, ErrorCode
 
 from cifar_mlflow import schema
 from cifar_mlflow.errors import UserError
 from cifar_mlflow.reachability import redact_uri
+from cifar_mlflow.tracking.lookups import is_missing, run_by_id
+from cifar_mlflow.tracking.pages import finished_sweep_trials
 
-RANKING_METRIC = "best_valid_acc"
+RANKING_METRIC = schema.METRIC_BEST_VALID_ACC
 
 
 class RegistryError(UserError):
@@ -92,13 +94,7 @@ def register_sweep_champion(
 def register_run(run_id: str, name: str | None = None) -> Registration:
     """Register run `run_id`'s model as a new version of `name` (default `cifar10-<study>`)."""
     client = MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as error:
-        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            raise
-        uri = redact_uri(mlflow.get_tracking_uri())
-        raise RegistryError(f"no run with id {run_id!r} on {uri}") from None
+    run = run_by_id(run_id, client)
     model = logged_model_of(client, run)
     if model is None:
         raise RegistryError(f"run {run_id} has no logged model (it did not finish training)")
@@ -113,30 +109,11 @@ def register_run(run_id: str, name: str | None = None) -> Registration:
 def ranked_trials(client: MlflowClient, parent_run_id: str) -> list[Run]:
     """The sweep's finished trials, its own and the reused ones, best `best_valid_acc` first."""
     parent = client.get_run(parent_run_id)
-    experiment_ids = [parent.info.experiment_id]
-    finished = "attributes.status = 'FINISHED'"
-    runs = search_all(
-        client,
-        experiment_ids,
-        f"tags.`{schema.TAG_PARENT_RUN_ID}` = '{parent_run_id}' AND {finished}",
-    )
     reused = [i for i in parent.data.tags.get(schema.TAG_REUSED_RUN_IDS, "").split(",") if i]
-    if reused:
-        ids = ", ".join(f"'{run_id}'" for run_id in reused)
-        runs += search_all(client, experiment_ids, f"attributes.run_id IN ({ids}) AND {finished}")
+    runs = finished_sweep_trials(client, parent.info.experiment_id, parent_run_id, reused)
     scored = [run for run in runs if math.isfinite(accuracy(run))]
     # Ties go to the trial that finished first: a re-run does not shuffle the champion.
     return sorted(scored, key=lambda run: (-accuracy(run), run.info.end_time or 0))
-
-
-def search_all(client: MlflowClient, experiment_ids: Sequence[str], filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(list(experiment_ids), filter_string, page_token=token)
-        runs += page
-        token = page.token
-        if not token:
-            return runs
 
 
 def accuracy(run: Run) -> float:
@@ -147,7 +124,7 @@ def logged_model_of(client: MlflowClient, run: Run) -> LoggedModel | None:
     """The model `run` logged as its output (the latest, if it logged several)."""
     models = client.search_logged_models(
         experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run.info.run_id}'",
+        filter_string=f"{schema.LOGGED_MODEL_SOURCE_RUN} = '{run.info.run_id}'",
         order_by=[{"field_name": "creation_timestamp", "ascending": False}],
     )
     ready = [model for model in models if model.status == LoggedModelStatus.READY]  # uploaded
@@ -158,10 +135,8 @@ def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
     try:
         return client.get_model_version_by_alias(name, schema.CHAMPION_ALIAS)
     except MlflowException as error:
-        if error.error_code not in (
-            ErrorCode.Name(RESOURCE_DOES_NOT_EXIST),
-            "INVALID_PARAMETER_VALUE",  # the model exists, the alias does not (some stores)
-        ):
+        # INVALID_PARAMETER_VALUE: the model exists, the alias does not (some stores).
+        if not (is_missing(error) or error.error_code == "INVALID_PARAMETER_VALUE"):
             raise
         return None
 

@@ -1,4 +1,4 @@
-"""Names of the tracking schema (SPEC §5): the contract between training, sweeps and analysis.
+"""Names of the tracking schema (docs/tracking-schema.md): training, sweeps and analysis share them.
 
 Every tag, metric and artifact name that more than one module reads or writes lives here, so
 that the training side and the analysis side cannot drift apart. The metric records are
@@ -9,6 +9,7 @@ the analysis imports this module too.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 DEFAULT_EXPERIMENT = "cifar10"
 # MLflow 3's UI opens an experiment without this tag in its GenAI view, hiding training runs.
@@ -25,6 +26,8 @@ TAG_TORCH_PRECISION = "torch_precision"  # fp32, tf32 or bf16: how matmuls actua
 TAG_UNUSED_PARAMS = "unused_params"  # options that have no effect for this model/optimiser
 TAG_FAILURE_REASON = "failure_reason"
 TAG_PARENT_RUN_ID = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"  # MLflow's: set also on runs `mlflow run` created unnamed
+TAG_RESUMED_RUN_ID = "resumed_run_id"  # on the run `mlflow run -P resume=ID` created
 NO_STUDY = "none"
 
 # Tags and metrics of a sweep's parent run.
@@ -37,7 +40,7 @@ TAG_BEST_RUN_ID = "best_run_id"
 METRIC_TRIALS_FINISHED = "trials_finished"
 METRIC_TRIALS_FAILED = "trials_failed"
 METRIC_TRIALS_REUSED = "trials_reused"
-METRIC_BEST_VALID_ACC = "best_valid_acc"  # the best trial's, on the parent run
+METRIC_BEST_VALID_ACC = "best_valid_acc"  # a run's best epoch; on a parent, its best trial's
 # Searched studies (issue 14): a trial stopped early ends FINISHED with this tag (no test
 # metrics, no model); its trials carry their number in the search and the search's key.
 TAG_STOPPED_AT_EPOCH = "stopped_at_epoch"
@@ -45,6 +48,23 @@ TAG_TRIAL_NUMBER = "trial_number"  # 1-based, counted over every sweep of the se
 TAG_SEARCH_KEY = "search_key"  # hash of the search space, its rules and the fixed trial
 METRIC_TRIALS_STOPPED = "trials_stopped"
 STUDY_ARTIFACT = "study.yaml"
+
+
+# The name of each metric of a training run, for code that names one; `EpochMetrics` and
+# `FinalMetrics` below declare the same names as fields (tests/test_structure.py checks it).
+METRIC_TRAIN_LOSS = "train_loss"
+METRIC_TRAIN_ACC = "train_acc"
+METRIC_VALID_LOSS = "valid_loss"
+METRIC_VALID_ACC = "valid_acc"
+METRIC_EPOCH_TIME_S = "epoch_time_s"
+METRIC_LR = "lr"
+METRIC_TEST_LOSS = "test_loss"
+METRIC_TEST_ACC = "test_acc"
+METRIC_NUM_PARAMS = "num_params"
+METRIC_TRAIN_EPOCH_TIME_S = "train_epoch_time_s"
+METRIC_INFERENCE_TIME_S = "inference_time_s"
+METRIC_TRAIN_IMAGES_PER_S = "train_images_per_s"
+METRIC_INFERENCE_IMAGES_PER_S = "inference_images_per_s"
 
 
 @dataclass(frozen=True)
@@ -90,8 +110,19 @@ WEIGHTS_FIGURE_ARTIFACT = "figures/weights.png"
 CONFIG_ARTIFACT = "config.json"
 MODEL_NAME = "model"
 
-# Built-in studies, in the order of the source report.
-BUILTIN_STUDIES = ("activation", "lr", "patch", "best_resnet", "best_mixer")
+# The built-in study files, shipped inside the package (a wheel has them too). A checkout's
+# top-level `studies` is a link to this folder, for users who copy one to edit it.
+BUILTIN_STUDY_DIR = Path(__file__).resolve().parent / "builtin_studies"
+
+
+def builtin_studies() -> tuple[str, ...]:
+    """The built-in studies' names, found in their folder: what help, errors and docs list."""
+    return tuple(sorted(path.stem for path in BUILTIN_STUDY_DIR.glob("*.yaml")))
+
+
+# The built-in studies the report's figures and tables come from, in the source report's order
+# (the searched ones have their own section).
+REPORT_STUDIES = ("activation", "lr", "patch", "best_resnet", "best_mixer")
 
 # The Model Registry: a study's best trial is the version `champion` of `cifar10-<study>`.
 REGISTERED_MODEL_PREFIX = "cifar10-"
@@ -99,4 +130,6 @@ CHAMPION_ALIAS = "champion"
 # Tags of a registered version, besides `study`, `model` and `trial_key` (and the metrics
 # `best_valid_acc` and `test_acc`, copied as tags: the registry keeps no metrics).
 TAG_SOURCE_RUN_ID = "source_run_id"
-VERSION_METRICS = ("best_valid_acc", "test_acc")
+# MLflow's own field of a logged model (a search filter field), spelled like the tag above.
+LOGGED_MODEL_SOURCE_RUN = TAG_SOURCE_RUN_ID
+VERSION_METRICS = (METRIC_BEST_VALID_ACC, METRIC_TEST_ACC)

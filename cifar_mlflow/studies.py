@@ -1,4 +1,4 @@
-"""Study files: a model, fixed settings, a grid of varied settings and the seeds (SPEC §6).
+"""Study files: a model, fixed settings, a grid of varied settings and the seeds.
 
 A study file is YAML that users copy and extend:
 
@@ -9,7 +9,7 @@ A study file is YAML that users copy and extend:
     seeds: 1          # settings are repeated with seeds seed, seed+1, ...
 
 Instead of `grid` (and `seeds`), a study may declare a `search`: distributions per option,
-sampled for `trials` trials (see `search_space`). Every trial's configuration, or every value a
+sampled for `trials` trials (see `search.space`). Every trial's configuration, or every value a
 search can sample, is validated when the file is loaded, so a malformed study fails before any
 run is created.
 """
@@ -25,11 +25,11 @@ from typing import Any
 
 import yaml
 
+from cifar_mlflow import schema
 from cifar_mlflow.config import ConfigError, TrainConfig
 from cifar_mlflow.errors import UserError
-from cifar_mlflow.search_space import SEARCH_KEYS, SearchError, SearchSpec, parse_search
+from cifar_mlflow.search.space import SEARCH_KEYS, SearchError, SearchSpec, parse_search
 
-BUILTIN_STUDY_DIR = Path(__file__).resolve().parent.parent / "studies"
 STUDY_KEYS = ("description", "model", "fixed", "grid", "seeds", "search", *SEARCH_KEYS)
 
 
@@ -92,19 +92,15 @@ class Study:
         return configs
 
 
-def builtin_studies() -> tuple[str, ...]:
-    return tuple(sorted(path.stem for path in BUILTIN_STUDY_DIR.glob("*.yaml")))
-
-
 def load_study(name_or_path: str) -> Study:
     """A built-in study by name (`lr`) or a user's study file by path."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
-        path = BUILTIN_STUDY_DIR / f"{name_or_path}.yaml"
+        path = schema.BUILTIN_STUDY_DIR / f"{name_or_path}.yaml"
         if not path.exists():
             raise StudyError(
                 f"unknown study {name_or_path!r}; built-in studies: "
-                f"{', '.join(builtin_studies())}, or give the path of a .yaml study file"
+                f"{', '.join(schema.builtin_studies())}, or give the path of a .yaml study file"
             )
     try:
         text = path.read_text()

@@ -15,7 +15,7 @@ from mlflow.entities import Metric, RunTag
 from torch import nn
 
 from cifar_mlflow import schema
-from cifar_mlflow.data import CLASS_NAMES
+from cifar_mlflow.cifar_pickle import CLASS_NAMES
 from cifar_mlflow.tracking.callback import log_model
 
 STUDY = "tiny"
@@ -58,11 +58,11 @@ def trial(
     if parent_run_id:
         tags[schema.TAG_PARENT_RUN_ID] = parent_run_id
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
-    metrics = {"best_valid_acc": best_valid_acc, "test_acc": test_acc}
+    metrics = {schema.METRIC_BEST_VALID_ACC: best_valid_acc, schema.METRIC_TEST_ACC: test_acc}
     client.log_batch(
         run_id,
         metrics=[Metric(key, value, 0, 0) for key, value in metrics.items()],
-        tags=[RunTag("mlflow.runName", f"trial-{best_valid_acc}")],
+        tags=[RunTag(schema.TAG_RUN_NAME, f"trial-{best_valid_acc}")],
     )
     if with_model:
         example = example_images(2)

@@ -61,7 +61,8 @@ def small_synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Evaluation over the default 1,000 test and 500 valid images dominates the time of tiny
     end-to-end trials on a CPU; the loader takes whatever set lies in the folder.
     """
-    from cifar_mlflow.data import CIFAR_FOLDER, write_synthetic_cifar
+    from cifar_mlflow.cifar_pickle import CIFAR_FOLDER
+    from cifar_mlflow.synthetic import write_synthetic_cifar
 
     data_dir = tmp_path_factory.mktemp("small-data")
     write_synthetic_cifar(data_dir / "synthetic" / CIFAR_FOLDER, train_size=640, test_size=200)

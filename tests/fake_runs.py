@@ -1,4 +1,4 @@
-"""Fake trials and sweeps, logged in exactly the shape a real sweep leaves in MLflow (SPEC §5).
+"""Fake trials and sweeps, logged in exactly the shape a real sweep leaves in MLflow.
 
 The trial configurations are the real ones: the built-in study files expanded by
 `Study.trial_configs`, logged with the training side's own params, trial keys, run names and
@@ -23,15 +23,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from cifar_mlflow import schema
 from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.environment import Environment
 from cifar_mlflow.studies import load_study
+from cifar_mlflow.tracking.runs import run_tags
 
 TRAIN_IMAGES = 45_000
 VALID_IMAGES = 5_000
+# Where the fake trials "trained": on the CPU in fp32.
+CPU_FP32 = Environment(torch.device("cpu"), None, torch.contiguous_format)
 
 
 @dataclass
@@ -70,7 +75,7 @@ def study_configs(study: str, seeds: int = 1, epochs: int | None = None) -> list
 
 
 def num_params(config: TrainConfig) -> int:
-    """Parameter counts of the SPEC §2 architectures, so Table 1 varies with the patch size."""
+    """Parameter counts of the three architectures, so Table 1 varies with the patch size."""
     if config.model == "resnet18":
         return 11_173_962
     if config.model == "mlp":
@@ -100,10 +105,10 @@ def _timings(config: TrainConfig, rng: random.Random) -> dict[str, float]:
     train = work * rng.uniform(0.97, 1.03)
     inference = work * 0.02 * rng.uniform(0.95, 1.05)
     return {
-        "train_epoch_time_s": train,
-        "inference_time_s": inference,
-        "train_images_per_s": TRAIN_IMAGES / train,
-        "inference_images_per_s": VALID_IMAGES / inference,
+        schema.METRIC_TRAIN_EPOCH_TIME_S: train,
+        schema.METRIC_INFERENCE_TIME_S: inference,
+        schema.METRIC_TRAIN_IMAGES_PER_S: TRAIN_IMAGES / train,
+        schema.METRIC_INFERENCE_IMAGES_PER_S: VALID_IMAGES / inference,
     }
 
 
@@ -127,7 +132,7 @@ def fake_metrics(config: TrainConfig, finished: bool = True) -> tuple[list[Metri
             train_acc=train_acc,
             valid_loss=-math.log(valid_acc) * 1.6,
             valid_acc=valid_acc,
-            epoch_time_s=timings["train_epoch_time_s"] * rng.uniform(0.98, 1.02),
+            epoch_time_s=timings[schema.METRIC_TRAIN_EPOCH_TIME_S] * rng.uniform(0.98, 1.02),
             lr=config.lr,
         ).metrics()
         metrics += [Metric(key, value, timestamp, epoch) for key, value in values.items()]
@@ -154,15 +159,7 @@ def log_trial(
     status: str = "FINISHED",
 ) -> tuple[str, float]:
     """One training run (a sweep trial when `parent_run_id` is given): its id and score."""
-    tags = {
-        schema.TAG_STUDY: study,
-        schema.TAG_MODEL: config.model,
-        schema.TAG_TRIAL_KEY: config.trial_key(),
-        schema.TAG_SEED: str(config.seed),
-        schema.TAG_TORCH_DEVICE: "cpu",
-    }
-    if config.unused_fields():
-        tags[schema.TAG_UNUSED_PARAMS] = ",".join(config.unused_fields())
+    tags = run_tags(config, study, CPU_FP32)  # the training side's own tags: no drift
     if parent_run_id is not None:
         tags |= {schema.TAG_ROLE: schema.ROLE_TRIAL, schema.TAG_PARENT_RUN_ID: parent_run_id}
     run = client.create_run(
@@ -215,7 +212,8 @@ def log_sweep(
         if key in reuse:
             sweep.trials[key] = reuse[key]
             sweep.reused.append(reuse[key])
-            scores[reuse[key]] = client.get_run(reuse[key]).data.metrics["best_valid_acc"]
+            reused = client.get_run(reuse[key])
+            scores[reuse[key]] = reused.data.metrics[schema.METRIC_BEST_VALID_ACC]
             continue
         status = "FAILED" if len(sweep.failed) < failed_trials else "FINISHED"
         run_id, score = log_trial(
@@ -266,7 +264,7 @@ def log_all_studies(
     clock: Clock,
     seeds: int = 1,
     epochs: int | None = 3,
-    studies: Iterable[str] = schema.BUILTIN_STUDIES,
+    studies: Iterable[str] = schema.REPORT_STUDIES,
 ) -> dict[str, FakeSweep]:
     """One finished sweep of each study (short by default: tests need shapes, not length)."""
     return {

@@ -78,15 +78,19 @@ def test_table1_prints_the_logged_parameters_and_times_of_the_patch_sweep(
     for cells, (_, run) in zip(rows, runs.iterrows(), strict=True):
         patch, params, inference, train, accuracy, seeds = (cell.strip() for cell in cells)
         assert int(patch) == run["patch_size"]
-        assert params == f"{int(run['num_params']):,d}"
-        assert inference == f"{run['inference_time_s'] * 1000:.1f}"
-        assert train == f"{run['train_epoch_time_s']:.2f}"
-        assert accuracy == f"{run['test_acc'] * 100:.2f}" and seeds == "1"
+        assert params == f"{int(run[schema.METRIC_NUM_PARAMS]):,d}"
+        assert inference == f"{run[schema.METRIC_INFERENCE_TIME_S] * 1000:.1f}"
+        assert train == f"{run[schema.METRIC_TRAIN_EPOCH_TIME_S]:.2f}"
+        assert accuracy == f"{run[schema.METRIC_TEST_ACC] * 100:.2f}" and seeds == "1"
 
     csv = pd.read_csv(io.StringIO(invoke(table1.main, "--format", "csv").stdout))
     assert list(csv["patch_size"]) == list(runs["patch_size"])
-    assert list(csv["num_params"]) == list(runs["num_params"])
-    for metric in ("inference_time_s", "train_epoch_time_s", "test_acc"):
+    assert list(csv[schema.METRIC_NUM_PARAMS]) == list(runs[schema.METRIC_NUM_PARAMS])
+    for metric in (
+        schema.METRIC_INFERENCE_TIME_S,
+        schema.METRIC_TRAIN_EPOCH_TIME_S,
+        schema.METRIC_TEST_ACC,
+    ):
         assert list(csv[f"{metric}_mean"]) == list(runs[metric])  # exact, not rounded
         assert csv[f"{metric}_std"].isna().all()
 
@@ -250,9 +254,9 @@ def test_report_with_every_study_holds_every_figure_and_table_1(
 def test_report_without_any_study_names_them_missing_and_succeeds(client, tmp_path):
     result = invoke(report.main, "-o", str(tmp_path / "r.html"))
     assert result.exit_code == 0
-    assert result.stderr.strip() == "Missing studies: " + ", ".join(schema.BUILTIN_STUDIES)
+    assert result.stderr.strip() == "Missing studies: " + ", ".join(schema.REPORT_STUDIES)
     html = (tmp_path / "r.html").read_text()
-    for study in schema.BUILTIN_STUDIES:
+    for study in schema.REPORT_STUDIES:
         assert f"Missing: study <code>{study}</code>" in html
     assert "No study has been run yet." in html
 

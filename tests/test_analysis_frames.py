@@ -10,6 +10,7 @@ import pytest
 
 from analysis import frames, tables
 from analysis.plots import CURVE_METRICS, curves_figure, png_bytes
+from cifar_mlflow import schema
 
 
 def make_trials(rows: list[dict]) -> pd.DataFrame:
@@ -79,7 +80,7 @@ def test_curves_average_seeds_and_keep_min_and_max():
     curves = frames.curves(history, trials)
     row = curves[
         (curves["setting"] == "lr = 0.1")
-        & (curves["metric"] == "valid_acc")
+        & (curves["metric"] == schema.METRIC_VALID_ACC)
         & (curves["step"] == 2)
     ].iloc[0]
     assert (row["mean"], row["min"], row["max"], row["seeds"]) == pytest.approx((2.1, 2, 2.2, 2))
@@ -91,7 +92,10 @@ def test_curves_average_seeds_and_keep_min_and_max():
 def test_curves_count_a_value_logged_twice_at_one_step_once_with_its_latest_value():
     trials = frames.with_settings(make_trials([{"lr": "0.1"}]), ["lr"])
     history = pd.DataFrame(
-        [("r0", "train_loss", 1, 2000, 0.5), ("r0", "train_loss", 1, 1000, 9.0)],
+        [
+            ("r0", schema.METRIC_TRAIN_LOSS, 1, 2000, 0.5),
+            ("r0", schema.METRIC_TRAIN_LOSS, 1, 1000, 9.0),
+        ],
         columns=["run_id", "metric", "step", "timestamp", "value"],
     )
     curves = frames.curves(history, trials)
@@ -105,10 +109,10 @@ def table1_trials(seeds: int) -> pd.DataFrame:
                 "patch_size": str(patch),
                 "seed": str(seed),
                 "metrics": {
-                    "num_params": 1000.0 * patch,
-                    "inference_time_s": 0.1 / patch + 0.01 * seed,
-                    "train_epoch_time_s": 10.0 / patch + seed,
-                    "test_acc": 0.8 - 0.01 * patch + 0.02 * seed,
+                    schema.METRIC_NUM_PARAMS: 1000.0 * patch,
+                    schema.METRIC_INFERENCE_TIME_S: 0.1 / patch + 0.01 * seed,
+                    schema.METRIC_TRAIN_EPOCH_TIME_S: 10.0 / patch + seed,
+                    schema.METRIC_TEST_ACC: 0.8 - 0.01 * patch + 0.02 * seed,
                 },
             }
             for patch in (16, 2, 8, 4)
@@ -121,7 +125,7 @@ def test_table1_one_row_per_patch_size_with_seed_statistics():
     table = frames.table1(table1_trials(seeds=2))
     assert list(table["patch_size"]) == [2, 4, 8, 16]
     row = table.iloc[0]
-    assert row["num_params"] == 2000 and row["seeds"] == 2
+    assert row[schema.METRIC_NUM_PARAMS] == 2000 and row["seeds"] == 2
     assert row["train_epoch_time_s_mean"] == pytest.approx(5.5)
     assert row["train_epoch_time_s_std"] == pytest.approx(math.sqrt(0.5))
 
@@ -159,7 +163,7 @@ def test_markdown_escapes_pipes():
 
 
 def test_best_trial_prefers_the_sweeps_choice_then_validation_accuracy():
-    trials = make_trials([{"metrics": {"best_valid_acc": v}} for v in (0.5, 0.9, 0.7)])
+    trials = make_trials([{"metrics": {schema.METRIC_BEST_VALID_ACC: v}} for v in (0.5, 0.9, 0.7)])
     assert frames.best_trial(trials, "r2")["run_id"] == "r2"
     assert frames.best_trial(trials, None)["run_id"] == "r1"
     assert frames.best_trial(trials, "not-a-trial")["run_id"] == "r1"
@@ -167,12 +171,20 @@ def test_best_trial_prefers_the_sweeps_choice_then_validation_accuracy():
 
 def test_best_settings_choose_on_validation_and_report_test_accuracy():
     rows = [
-        {"model": "mlp", "activation": "relu", "metrics": {"best_valid_acc": 0.6, "test_acc": 0.5}},
-        {"model": "mlp", "activation": "tanh", "metrics": {"best_valid_acc": 0.5, "test_acc": 0.9}},
+        {
+            "model": "mlp",
+            "activation": "relu",
+            "metrics": {schema.METRIC_BEST_VALID_ACC: 0.6, schema.METRIC_TEST_ACC: 0.5},
+        },
+        {
+            "model": "mlp",
+            "activation": "tanh",
+            "metrics": {schema.METRIC_BEST_VALID_ACC: 0.5, schema.METRIC_TEST_ACC: 0.9},
+        },
         {
             "model": "resnet18",
             "activation": "relu",
-            "metrics": {"best_valid_acc": 0.8, "test_acc": 0.7},
+            "metrics": {schema.METRIC_BEST_VALID_ACC: 0.8, schema.METRIC_TEST_ACC: 0.7},
         },
     ]
     trials = frames.with_settings(make_trials(rows), ["activation"]).assign(study="s")
@@ -186,7 +198,7 @@ def test_configuration_leaves_out_bookkeeping_and_unused_options():
     trial = make_trials(
         [{"model": "mlp", "lr": "0.1", "seed": "3", "device": "cpu", "patch_size": "4"}]
     )
-    trial = trial.assign(**{"tags.unused_params": "patch_size, momentum"}).iloc[0]
+    trial = trial.assign(**{f"tags.{schema.TAG_UNUSED_PARAMS}": "patch_size, momentum"}).iloc[0]
     assert frames.configuration(trial) == {"model": "mlp", "lr": "0.1"}
 
 

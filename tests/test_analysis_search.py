@@ -10,23 +10,24 @@ import pandas as pd
 from analysis import search_frames, tables
 from analysis.search import top_columns
 from analysis.search_plots import best_so_far_figure, learning_curves_figure, params_figure
+from cifar_mlflow import schema
 
 # Four trials: 1 and 3 complete, 2 and 4 stopped (4 with the best epoch of all, before its stop).
 TRIALS = pd.DataFrame(
     {
         "run_id": ["a", "b", "c", "d"],
         "run_name": ["mlp"] * 4,
-        "tags.trial_number": ["1", "2", "3", "4"],
-        "tags.stopped_at_epoch": [None, "1", None, "2"],
+        f"tags.{schema.TAG_TRIAL_NUMBER}": ["1", "2", "3", "4"],
+        f"tags.{schema.TAG_STOPPED_AT_EPOCH}": [None, "1", None, "2"],
         "params.lr": ["0.001", "1e-05", "0.01", "0.003"],
         "params.activation": ["relu", "tanh", "relu", "sigmoid"],
-        "metrics.test_acc": [0.9, float("nan"), 0.5, float("nan")],
+        f"metrics.{schema.METRIC_TEST_ACC}": [0.9, float("nan"), 0.5, float("nan")],
     }
 ).sample(frac=1, random_state=0)  # the query's order is not the trials' order
 CURVES = {"a": [0.5, 0.6, 0.7], "b": [0.1], "c": [0.6, 0.65, 0.66], "d": [0.2, 0.8]}
 VALID_ACC = pd.DataFrame(
     [
-        (run_id, "valid_acc", epoch, 1000 + epoch, value)
+        (run_id, schema.METRIC_VALID_ACC, epoch, 1000 + epoch, value)
         for run_id, values in CURVES.items()
         for epoch, value in enumerate(values, start=1)
     ],
@@ -41,9 +42,9 @@ def search() -> pd.DataFrame:
 
 def test_search_trials_are_ordered_by_number_with_their_end_and_best_epoch():
     frame = search()
-    assert list(frame["trial_number"]) == [1, 2, 3, 4]
+    assert list(frame[schema.TAG_TRIAL_NUMBER]) == [1, 2, 3, 4]
     assert list(frame["outcome"]) == ["complete", "stopped", "complete", "stopped"]
-    assert list(frame["stopped_at_epoch"].astype("float").fillna(0)) == [0, 1, 0, 2]
+    assert list(frame[schema.TAG_STOPPED_AT_EPOCH].astype("float").fillna(0)) == [0, 1, 0, 2]
     assert list(frame["objective"]) == [0.7, 0.1, 0.66, 0.8]
     assert list(frame["lr"]) == [0.001, 1e-05, 0.01, 0.003]
     assert list(frame["activation"]) == ["relu", "tanh", "relu", "sigmoid"]
@@ -55,11 +56,13 @@ def test_best_so_far_counts_complete_trials_only():
 
 def test_top_trials_are_complete_ones_by_validation_never_by_test_accuracy():
     top = search_frames.top_trials(search(), NAMES)
-    assert list(top["trial_number"]) == [1, 3]
+    assert list(top[schema.TAG_TRIAL_NUMBER]) == [1, 3]
     # Trial 3 with by far the better test accuracy still ranks after trial 1.
-    swapped = TRIALS.assign(**{"metrics.test_acc": TRIALS["run_id"].map({"a": 0.1, "c": 0.99})})
+    swapped = TRIALS.assign(
+        **{f"metrics.{schema.METRIC_TEST_ACC}": TRIALS["run_id"].map({"a": 0.1, "c": 0.99})}
+    )
     top = search_frames.top_trials(search_frames.search_trials(swapped, VALID_ACC, NAMES), NAMES)
-    assert list(top["trial_number"]) == [1, 3]
+    assert list(top[schema.TAG_TRIAL_NUMBER]) == [1, 3]
 
 
 def test_the_top_trials_table_in_each_format():

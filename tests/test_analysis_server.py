@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from analysis import figures, report, table1
+from cifar_mlflow import schema
 from tests import fake_runs
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +37,9 @@ def test_table1_figures_and_report_from_a_tracking_server(server_env, tmp_path: 
     csv = pd.read_csv(io.StringIO(invoke(table1.main, "--format", "csv", *scope)))
     logged = [client.get_run(run_id).data for run_id in sweeps["patch"].trials.values()]
     assert sorted(csv["patch_size"]) == sorted({int(run.params["patch_size"]) for run in logged})
-    assert set(csv["num_params"]) == {run.metrics["num_params"] for run in logged}
+    assert set(csv[schema.METRIC_NUM_PARAMS]) == {
+        run.metrics[schema.METRIC_NUM_PARAMS] for run in logged
+    }
     assert (csv["seeds"] == 2).all() and csv["test_acc_std"].notna().all()
 
     invoke(figures.main, "--study", "lr", "--output-dir", str(tmp_path / "out"), *scope)

@@ -1,4 +1,4 @@
-"""Each row of the README's "Bad input" table: one line on stderr, exit status 2, no run."""
+"""Each row of docs/bad-input.md's table: one line on stderr, exit status 2, no run."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from cifar_mlflow.cifar_pickle import CIFAR_FOLDER, TRAIN_BATCHES
 from cifar_mlflow.cli import main as cifar_main
-from cifar_mlflow.data import CIFAR_FOLDER, TRAIN_BATCHES, write_synthetic_cifar
 from cifar_mlflow.environment import available_devices
+from cifar_mlflow.synthetic import write_synthetic_cifar
 from cifar_mlflow.tracking.client import CLIENT_CREDENTIAL_VARIABLES
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+BAD_INPUT_PAGE = Path(__file__).resolve().parent.parent / "docs" / "bad-input.md"
 # Broken searched studies (issue 14), each a variation of one valid search.
 SEARCH = (
     "model: mlp\nfixed: {epochs: 4}\nsearch: {lr: {log_uniform: [1.0e-5, 1.0e-1]}}\ntrials: 4\n"
@@ -39,7 +40,7 @@ BAD_SEARCHES = {
 
 
 def table_rows() -> list[tuple[str, str]]:
-    text = README.read_text()
+    text = BAD_INPUT_PAGE.read_text()
     table = text.split("<!-- bad-inputs:start -->")[1].split("<!-- bad-inputs:end -->")[0]
     return re.findall(r"^\| `([^`]+)` \| (.+?) \|$", table, flags=re.MULTILINE)
 
@@ -80,7 +81,7 @@ def bad_files(tracking_store: str, tmp_path: Path) -> Path:
 
 
 def invoke(command: str) -> int:
-    """Run a README command line in this process: `VAR=value python -m MODULE args`."""
+    """Run a command line of the table in this process: `VAR=value python -m MODULE args`."""
     words = shlex.split(command)
     python = words.index("python")
     env = dict(word.split("=", 1) for word in words[:python])

@@ -9,8 +9,8 @@ from typing import IO
 import numpy as np
 import pytest
 
-from cifar_mlflow import cifar_pickle, data
-from cifar_mlflow.data import CIFAR_FOLDER
+from cifar_mlflow import cifar_pickle, data, synthetic
+from cifar_mlflow.cifar_pickle import CIFAR_FOLDER
 from tests.test_data import write_cifar_folder
 
 
@@ -48,7 +48,7 @@ def test_the_fixture_and_the_synthetic_set_are_python2_pickles_as_the_official_f
         folder = write_cifar_folder(tmp_path, per_batch=4, test_size=4)
     else:
         folder = tmp_path / CIFAR_FOLDER
-        data.write_synthetic_cifar(folder, train_size=20, test_size=4)
+        synthetic.write_synthetic_cifar(folder, train_size=20, test_size=4)
     for name in ("data_batch_1", "batches.meta"):
         raw = (folder / name).read_bytes()
         # Protocol 2; a Python 2 `str` key (SHORT_BINSTRING), not Python 3's unicode.

@@ -16,10 +16,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from cifar_mlflow.cifar_pickle import CIFAR_FOLDER
 from cifar_mlflow.classifier import ImageClassifier, model_signature
 from cifar_mlflow.cli import main
 from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.data import CIFAR_FOLDER, read_cifar_folder, to_device
+from cifar_mlflow.data import read_cifar_folder, to_device
 from tests.classifier_runs import example_images, linear_network, trial
 
 

@@ -18,7 +18,7 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-from cifar_mlflow import cli, data, engine, environment, schema
+from cifar_mlflow import cifar_pickle, cli, data, engine, environment, schema
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.tracking import callback, runs
 from tests.test_data import write_cifar_folder
@@ -193,7 +193,7 @@ def test_missing_data_folder_offline_fails_fast_with_one_line(
     assert elapsed < 30
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert str(missing / data.CIFAR_FOLDER) in lines[0]
+    assert str(missing / cifar_pickle.CIFAR_FOLDER) in lines[0]
     assert "dataset=synthetic" in lines[0]
     assert all_runs(store) == []
 
@@ -245,12 +245,12 @@ def test_a_cifar_layout_folder_trains_via_data_dir(
     assert tags[schema.TAG_TRIAL_KEY] == config.trial_key()
     assert tags[schema.TAG_SEED] == "42"
 
-    history = store.get_metric_history(run.info.run_id, "train_loss")
+    history = store.get_metric_history(run.info.run_id, schema.METRIC_TRAIN_LOSS)
     assert sorted(m.step for m in history) == [1, 2]
-    assert run.data.metrics["num_params"] == 3072 * 32 + 32 + 32 * 10 + 10
+    assert run.data.metrics[schema.METRIC_NUM_PARAMS] == 3072 * 32 + 32 + 32 * 10 + 10
     saved = json.loads((Path(store.download_artifacts(run.info.run_id, "config.json"))).read_text())
     assert saved["config"] == config.to_params()
-    assert saved["trial_key"] == config.trial_key()
+    assert saved[schema.TAG_TRIAL_KEY] == config.trial_key()
 
     # The logged model, an output of the run, carries its params and final metrics (the UI's
     # model page shows them).
@@ -260,7 +260,7 @@ def test_a_cifar_layout_folder_trains_via_data_dir(
     assert model.params == config.to_params()
     model_metrics = {metric.key: metric.value for metric in model.metrics}
     assert set(model_metrics) == set(schema.FINAL_METRICS)
-    assert model_metrics["test_acc"] == run.data.metrics["test_acc"]
+    assert model_metrics[schema.METRIC_TEST_ACC] == run.data.metrics[schema.METRIC_TEST_ACC]
 
     # The user's sampling interval wins over the project's default.
     assert intervals == [1.0]
@@ -290,13 +290,15 @@ def test_a_request_failing_in_a_background_thread_fails_the_run(
     (run,) = all_runs(store)
     assert run.info.status == "FAILED"
     assert "refused by the test server" in run.data.tags[schema.TAG_FAILURE_REASON]
-    logged_steps = [m.step for m in store.get_metric_history(run.info.run_id, "train_loss")]
+    logged_steps = [
+        m.step for m in store.get_metric_history(run.info.run_id, schema.METRIC_TRAIN_LOSS)
+    ]
     if failing == "log_dataset":
         # Found out before the first epoch is reported, not after the whole training.
         assert logged_steps == []
     else:
         assert logged_steps == [1, 2]
-        assert "test_acc" in run.data.metrics  # the results stay with the failed run
+        assert schema.METRIC_TEST_ACC in run.data.metrics  # the results stay with the failed run
 
 
 def test_same_seed_gives_identical_train_loss_through_the_cli(
@@ -314,7 +316,7 @@ def test_same_seed_gives_identical_train_loss_through_the_cli(
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )[0]
-        history = store.get_metric_history(run.info.run_id, "train_loss")
+        history = store.get_metric_history(run.info.run_id, schema.METRIC_TRAIN_LOSS)
         return sorted((m.step, m.value) for m in history)
 
     first = curve()

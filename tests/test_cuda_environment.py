@@ -151,7 +151,7 @@ def test_how_kernels_run_leaves_the_trial_key_alone() -> None:
 
 
 def test_on_the_cpu_deterministic_kernels_change_nothing() -> None:
-    """The README's claim: the CPU is exact with or without `--deterministic`."""
+    """docs/gpus.md's claim: the CPU is exact with or without `--deterministic`."""
     weights = []
     for deterministic in (False, True):
         config = small_config(deterministic=deterministic, epochs=1)

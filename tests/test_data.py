@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_mlflow import cifar_pickle, data
+from cifar_mlflow import augmentation, cifar_pickle, data, synthetic
+from cifar_mlflow.cifar_pickle import CIFAR_FOLDER
 from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.data import CIFAR_FOLDER, CifarArrays, DataError
+from cifar_mlflow.data import CifarArrays, DataError
 
 BATCH_NAMES = [f"data_batch_{i}" for i in range(1, 6)]
 
@@ -165,8 +166,8 @@ def test_synthetic_set_is_generated_once_in_the_cifar_layout(tmp_path: Path) -> 
         [*BATCH_NAMES, "test_batch", "batches.meta"]
     )
     assert arrays.name == "synthetic"
-    assert len(arrays.train_labels) == data.SYNTHETIC_TRAIN_SIZE
-    assert len(arrays.test_labels) == data.SYNTHETIC_TEST_SIZE
+    assert len(arrays.train_labels) == synthetic.SYNTHETIC_TRAIN_SIZE
+    assert len(arrays.test_labels) == synthetic.SYNTHETIC_TEST_SIZE
     assert set(np.unique(arrays.train_labels)) == set(range(10))
     # Loaded again from disk: same content, not regenerated differently.
     stamp = (folder / "test_batch").stat().st_mtime_ns
@@ -267,20 +268,24 @@ def seeded(seed: int) -> torch.Generator:
 
 def test_augment_keeps_shape_and_dtype() -> None:
     images = torch.randn(8, 3, 32, 32)
-    out = data.augment(images, seeded(0))
+    out = augmentation.augment(images, seeded(0))
     assert out.shape == images.shape and out.dtype == images.dtype
     assert torch.isfinite(out).all()
 
 
 def test_augment_is_deterministic_for_a_seeded_generator() -> None:
     images = torch.randn(16, 3, 32, 32, generator=seeded(1))
-    assert torch.equal(data.augment(images, seeded(5)), data.augment(images, seeded(5)))
-    assert not torch.equal(data.augment(images, seeded(5)), data.augment(images, seeded(6)))
+    assert torch.equal(
+        augmentation.augment(images, seeded(5)), augmentation.augment(images, seeded(5))
+    )
+    assert not torch.equal(
+        augmentation.augment(images, seeded(5)), augmentation.augment(images, seeded(6))
+    )
 
 
 def test_augment_flips_about_half_of_the_images() -> None:
     images = ramp(400, axis=3)
-    out = data.augment(images, seeded(0))
+    out = augmentation.augment(images, seeded(0))
     # The slope along x tells whether an image was mirrored.
     slope = (out[:, :, :, -1] - out[:, :, :, 0]).mean(dim=(1, 2))
     flipped = (slope < 0).float().mean().item()
@@ -291,7 +296,7 @@ def test_augment_flips_about_half_of_the_images() -> None:
 def test_augment_crops_between_80_and_100_percent_of_the_area() -> None:
     # A vertical ramp is unchanged by flips: what changes is the crop.
     images = ramp(400, axis=2)
-    out = data.augment(images, seeded(0))
+    out = augmentation.augment(images, seeded(0))
     span = out[:, 0, -1, :].mean(dim=1) - out[:, 0, 0, :].mean(dim=1)
     fraction = span / (images[0, 0, -1, 0] - images[0, 0, 0, 0])
     # Height fraction of the crop = sqrt(area / ratio), area in [0.8, 1], ratio in [0.9, 1.1].
@@ -303,7 +308,7 @@ def test_augment_crops_between_80_and_100_percent_of_the_area() -> None:
 
 def test_augment_changes_images_but_keeps_their_statistics() -> None:
     images = torch.randn(64, 3, 32, 32, generator=seeded(2))
-    out = data.augment(images, seeded(3))
+    out = augmentation.augment(images, seeded(3))
     changed = (out - images).abs().flatten(1).amax(dim=1) > 1e-3
     assert changed.float().mean().item() > 0.9
     # Resampling inside the image: no new range, mean preserved, mild smoothing at most.
@@ -312,12 +317,12 @@ def test_augment_changes_images_but_keeps_their_statistics() -> None:
     assert 0.5 < out.std().item() / images.std().item() <= 1.0 + 1e-4
     # A constant image stays exactly that constant.
     constant = torch.full((4, 3, 32, 32), 0.7)
-    torch.testing.assert_close(data.augment(constant, seeded(0)), constant)
+    torch.testing.assert_close(augmentation.augment(constant, seeded(0)), constant)
 
 
 def test_augment_is_per_sample_not_per_batch() -> None:
     images = ramp(1, axis=3).repeat(32, 1, 1, 1)
-    out = data.augment(images, seeded(0))
+    out = augmentation.augment(images, seeded(0))
     distinct = {tuple(row.round(decimals=4).tolist()) for row in out[:, 0, 16, :]}
     assert len(distinct) > 16
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from cifar_mlflow import engine, environment
+from cifar_mlflow import engine, environment, errors
 from tests.test_engine import Recorder, small_config, tiny_data
 
 
@@ -32,11 +32,16 @@ class BlowUpOutputLayer(Recorder):
 
 
 @pytest.mark.parametrize(
-    ("factor", "message"),
+    ("factor", "error", "message"),
     [
-        (math.nan, r"^non-finite training loss \(nan\) in epoch 1; lower lr \(now 0\.001\)$"),
+        (
+            math.nan,
+            errors.NonFiniteLossError,
+            r"^non-finite training loss \(nan\) in epoch 1; lower lr \(now 0\.001\)$",
+        ),
         (
             1e4,
+            errors.DivergedLossError,
             r"^training loss diverged \([0-9.e+]+ > 230\.3, 100 × chance level\) in epoch 1; "
             r"lower lr \(now 0\.001\)$",
         ),
@@ -44,22 +49,23 @@ class BlowUpOutputLayer(Recorder):
     ids=["non-finite", "finite-above-100x-chance"],
 )
 def test_a_diverged_loss_stops_the_run_in_that_epoch_with_its_reason(
-    factor: float, message: str
+    factor: float, error: type[Exception], message: str
 ) -> None:
     config = small_config(epochs=2, lr=1e-3)
     blow_up = BlowUpOutputLayer(factor)
-    with pytest.raises(engine.NonFiniteLossError, match=message):
+    with pytest.raises(error, match=message) as raised:
         engine.fit(config, tiny_data(), environment.environment_for(config), [blow_up])
+    assert type(raised.value) is error  # a finite loss is not called non-finite
     assert blow_up.epochs == []  # the diverged epoch is never reported
 
 
 def test_a_loss_just_below_100x_chance_goes_on() -> None:
     limit = engine.DIVERGED_LOSS_FACTOR * math.log(10)
     engine.check_diverged(limit * 0.999, limit, epoch=1, lr=0.1)
-    with pytest.raises(engine.NonFiniteLossError, match="diverged"):
+    with pytest.raises(errors.DivergedLossError, match="diverged"):
         engine.check_diverged(limit * 1.001, limit, epoch=1, lr=0.1)
     for value in (math.inf, -math.inf, math.nan):
-        with pytest.raises(engine.NonFiniteLossError, match="non-finite"):
+        with pytest.raises(errors.NonFiniteLossError, match="non-finite"):
             engine.check_diverged(value, limit, epoch=1, lr=0.1)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from cifar_mlflow import checkpoint, data, engine, environment
+from cifar_mlflow import checkpoint, data, engine, environment, schema
 from cifar_mlflow.checkpoint import TrainingState, load_checkpoint
 from cifar_mlflow.config import OPTIMIZERS, TrainConfig
 from cifar_mlflow.data import CifarArrays, DeviceData, Split
@@ -141,11 +141,11 @@ def test_fit_reports_every_epoch_then_final_metrics() -> None:
         assert metrics.train_loss > 0 and metrics.valid_loss > 0
         assert metrics.epoch_time_s > 0 and metrics.lr == config.lr
         assert set(metrics.metrics()) == {
-            "train_loss",
-            "train_acc",
-            "valid_loss",
-            "valid_acc",
-            "epoch_time_s",
+            schema.METRIC_TRAIN_LOSS,
+            schema.METRIC_TRAIN_ACC,
+            schema.METRIC_VALID_LOSS,
+            schema.METRIC_VALID_ACC,
+            schema.METRIC_EPOCH_TIME_S,
             "lr",
         }
     assert recorder.final == final

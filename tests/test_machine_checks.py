@@ -1,6 +1,7 @@
 """What the machine cannot honour is bad input: refused in one line before any run exists.
 
-The README's bad-input table runs the rows a CPU-only machine can show (`--device cuda`, an
+The bad-input table (docs/bad-input.md) runs the rows a CPU-only machine can show
+(`--device cuda`, an
 unwritable folder, a deleted experiment); these cover what needs a GPU or an existing run.
 """
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from cifar_mlflow import schema
 from cifar_mlflow.checkpoint import TrainingState, checkpoint_path, save_checkpoint
 from cifar_mlflow.cli import main as cifar_main
 from cifar_mlflow.config import ConfigError, TrainConfig
@@ -66,7 +68,7 @@ def test_resuming_a_run_whose_device_is_absent_is_refused_and_leaves_it_alone(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("Error: device 'cuda' is not available on this machine; available:")
     run = client.get_run(run_id)
-    assert run.info.status == "KILLED" and "train_loss" not in run.data.metrics
+    assert run.info.status == "KILLED" and schema.METRIC_TRAIN_LOSS not in run.data.metrics
     assert len(client.search_runs([experiment_id])) == 1
 
 

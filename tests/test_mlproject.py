@@ -1,4 +1,6 @@
-"""`mlflow run . -e train` end to end: one tracked run per model, inspected against SPEC §5.
+"""`mlflow run . -e train` end to end: one tracked run per model, checked against the schema.
+
+The schema is docs/tracking-schema.md.
 
 Each `mlflow run` is a subprocess in the repository root (as a user types it) with a temporary
 SQLite store, an experiment whose artifacts live under the temporary folder, and `data_dir`
@@ -25,7 +27,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.models import Model
 
-from cifar_mlflow import data, schema
+from cifar_mlflow import cifar_pickle, data, schema
 from cifar_mlflow.config import TrainConfig
 
 pytestmark = pytest.mark.e2e
@@ -48,7 +50,7 @@ MODEL_PARAMS = {
 NUM_PARAMS = {
     "mlp": 3_709_194,
     "resnet18": 11_173_962,
-    # SPEC §2 with D = 256, N = 4, patch 4 (64 tokens): stem + 4 blocks + norm + head.
+    # docs/architecture.md's Mixer, D = 256, N = 4, patch 4 (64 tokens): stem, 4 blocks, norm, head.
     "mlpmixer": (3 * 4 * 4 * 256 + 256)
     + 4 * (2 * 2 * 256 + (64 * 128 + 128 + 128 * 64 + 64) + (256 * 1024 + 1024 + 1024 * 256 + 256))
     + 2 * 256
@@ -130,7 +132,7 @@ def expected_config(result: MlflowRunResult) -> TrainConfig:
     return TrainConfig.from_overrides(result.params)
 
 
-# --- one FINISHED run with the schema of SPEC §5 -----------------------------------------------
+# --- one FINISHED run with the tracking schema (docs/tracking-schema.md) -------------------
 
 
 def test_one_finished_run_in_experiment_cifar10(trained: MlflowRunResult) -> None:
@@ -169,7 +171,7 @@ def test_per_epoch_metrics_have_steps_1_and_2(trained: MlflowRunResult) -> None:
     for name in schema.EPOCH_METRICS:
         history = trained.client.get_metric_history(run.info.run_id, name)
         assert sorted(m.step for m in history) == [1, 2], name
-    for name in ("train_acc", "valid_acc"):
+    for name in (schema.METRIC_TRAIN_ACC, schema.METRIC_VALID_ACC):
         values = [m.value for m in trained.client.get_metric_history(run.info.run_id, name)]
         assert all(0.0 <= value <= 1.0 for value in values)
     lr = trained.client.get_metric_history(run.info.run_id, "lr")
@@ -189,26 +191,26 @@ def test_final_metrics_and_system_metrics(trained: MlflowRunResult) -> None:
     metrics = trained.only_run().data.metrics
     for name in schema.FINAL_METRICS:
         assert name in metrics, name
-    assert 0.0 <= metrics["test_acc"] <= 1.0
-    assert metrics["test_loss"] > 0
-    for name in ("train_epoch_time_s", "inference_time_s"):
+    assert 0.0 <= metrics[schema.METRIC_TEST_ACC] <= 1.0
+    assert metrics[schema.METRIC_TEST_LOSS] > 0
+    for name in (schema.METRIC_TRAIN_EPOCH_TIME_S, schema.METRIC_INFERENCE_TIME_S):
         assert metrics[name] > 0
     # Throughputs are the split sizes over the measured times.
     config = expected_config(trained)
     train_images = config.train_size or 4_500
-    assert metrics["train_images_per_s"] == pytest.approx(
-        train_images / metrics["train_epoch_time_s"], rel=1e-6
+    assert metrics[schema.METRIC_TRAIN_IMAGES_PER_S] == pytest.approx(
+        train_images / metrics[schema.METRIC_TRAIN_EPOCH_TIME_S], rel=1e-6
     )
-    assert metrics["inference_images_per_s"] == pytest.approx(
-        500 / metrics["inference_time_s"], rel=1e-6
+    assert metrics[schema.METRIC_INFERENCE_IMAGES_PER_S] == pytest.approx(
+        500 / metrics[schema.METRIC_INFERENCE_TIME_S], rel=1e-6
     )
-    assert metrics["num_params"] == NUM_PARAMS[config.model]
+    assert metrics[schema.METRIC_NUM_PARAMS] == NUM_PARAMS[config.model]
     assert any(name.startswith("system/") for name in metrics)
 
 
 def test_dataset_input(trained: MlflowRunResult) -> None:
     (dataset_input,) = trained.only_run().inputs.dataset_inputs
-    folder = trained.data_dir / "synthetic" / data.CIFAR_FOLDER
+    folder = trained.data_dir / "synthetic" / cifar_pickle.CIFAR_FOLDER
     assert dataset_input.dataset.name == "synthetic"
     assert dataset_input.dataset.digest == data.read_cifar_folder(folder).digest()
     assert str(folder.resolve()) in dataset_input.dataset.source
@@ -244,7 +246,7 @@ def test_logged_model_classifies_raw_images_also_without_the_project(
     (logged,) = [m for m in models if m.source_run_id == run.info.run_id]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained.tracking_uri)
     model = mlflow.pyfunc.load_model(logged.model_uri)
-    arrays = data.read_cifar_folder(trained.data_dir / "synthetic" / data.CIFAR_FOLDER)
+    arrays = data.read_cifar_folder(trained.data_dir / "synthetic" / cifar_pickle.CIFAR_FOLDER)
     class_names = list(arrays.class_names)
 
     signature = model.metadata.signature
@@ -265,7 +267,7 @@ def test_logged_model_classifies_raw_images_also_without_the_project(
     assert (predictions["class"].to_numpy() == predicted).all()
     accuracy = (predicted == np.asarray(class_names)[arrays.test_labels]).mean()
     # Training evaluates under bf16 autocast where the CPU has it; the model runs in fp32.
-    assert accuracy == pytest.approx(run.data.metrics["test_acc"], abs=0.02)
+    assert accuracy == pytest.approx(run.data.metrics[schema.METRIC_TEST_ACC], abs=0.02)
     assert isinstance(model.unwrap_python_model().network, torch.nn.Module)
 
     # Where this project is not installed, the model loads all the same and agrees.

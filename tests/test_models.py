@@ -1,4 +1,4 @@
-"""The three models against SPEC §2: parameter counts, structure and initialisation."""
+"""The three models against docs/architecture.md: parameter counts, structure and initialisation."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def layer_norm_params(width: int) -> int:
 
 
 def mixer_params(patch: int, dim: int = 256, blocks: int = 4) -> int:
-    """SPEC §2's Mixer, counted from the formula, not from the code."""
+    """The Mixer of docs/architecture.md, counted from the formula, not from the code."""
     tokens = (IMAGE // patch) ** 2
     token_hidden = int(0.5 * dim)
     channel_hidden = 4 * dim

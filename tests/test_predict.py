@@ -13,8 +13,8 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from cifar_mlflow.cifar_pickle import CLASS_NAMES
 from cifar_mlflow.cli import main
-from cifar_mlflow.data import CLASS_NAMES
 from cifar_mlflow.prediction import read_image
 from cifar_mlflow.registry import register_sweep_champion
 from tests.classifier_runs import STUDY, example_images, sweep_parent, trial

@@ -49,7 +49,7 @@ def ray_sweep(study: Path, epochs: int, data_dir: Path, checkpoint_dir: Path) ->
 
 def trials_with_an_epoch() -> list:
     _, children = experiment_runs()
-    return [c for c in children if "train_loss" in c.data.metrics]
+    return [c for c in children if schema.METRIC_TRAIN_LOSS in c.data.metrics]
 
 
 def test_ctrl_c_in_the_driver_ends_the_running_trials_killed(
@@ -112,6 +112,9 @@ def test_a_trial_whose_worker_is_killed_fails_and_the_next_sweep_continues_its_r
     assert len(parents) == 2
     assert continued.info.run_id == trial.info.run_id
     assert continued.info.status == "FINISHED"
-    steps = [m.step for m in MlflowClient().get_metric_history(trial.info.run_id, "valid_acc")]
+    steps = [
+        m.step
+        for m in MlflowClient().get_metric_history(trial.info.run_id, schema.METRIC_VALID_ACC)
+    ]
     assert sorted(steps) == list(range(1, 31))
     assert continued.data.tags[schema.TAG_PARENT_RUN_ID] != parent.info.run_id

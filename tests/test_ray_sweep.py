@@ -97,7 +97,7 @@ def test_four_trials_run_two_at_a_time_then_rerun_reuses_all(
     assert len(overlapping) >= 2
     assert most_at_once(children) == 2
     assert parent.data.metrics[schema.METRIC_TRIALS_FINISHED] == 4
-    best = max(children, key=lambda c: c.data.metrics["best_valid_acc"])
+    best = max(children, key=lambda c: c.data.metrics[schema.METRIC_BEST_VALID_ACC])
     assert parent.data.tags[schema.TAG_BEST_RUN_ID] == best.info.run_id
 
     # The same sweep again: nothing is dispatched, all four are referenced as reused.

@@ -60,14 +60,16 @@ def test_best_valid_trial_with_a_model_becomes_the_champion_with_its_tags(experi
         schema.TAG_MODEL: "mlp",
         schema.TAG_TRIAL_KEY: run.data.tags[schema.TAG_TRIAL_KEY],
         schema.TAG_SOURCE_RUN_ID: best,
-        "best_valid_acc": "0.6",
-        "test_acc": "0.5",
+        schema.METRIC_BEST_VALID_ACC: "0.6",
+        schema.METRIC_TEST_ACC: "0.5",
     }
     (output,) = run.outputs.model_outputs
     assert version.source == f"models:/{output.model_id}"
     linked = MlflowClient().get_logged_model(output.model_id).tags["mlflow.modelVersions"]
     assert json.loads(linked) == [{"name": NAME, "version": 1}]
-    assert lines == [f"Registered {NAME} version 1 @champion (run {best}, best_valid_acc 0.6000)"]
+    assert lines == [
+        f"Registered {NAME} version 1 @champion (run {best}, {schema.METRIC_BEST_VALID_ACC} 0.6000)"
+    ]
 
 
 def test_only_a_better_sweep_adds_a_version_and_moves_the_alias(experiment_id):
@@ -80,7 +82,8 @@ def test_only_a_better_sweep_adds_a_version_and_moves_the_alias(experiment_id):
     lines: list[str] = []
     assert register_sweep_champion(STUDY, worse, lines.append) is None
     assert lines == [
-        f"{NAME}@champion stays version 1 (best_valid_acc 0.6000; this sweep's best: 0.5800)"
+        f"{NAME}@champion stays version 1 ({schema.METRIC_BEST_VALID_ACC} 0.6000; "
+        "this sweep's best: 0.5800)"
     ]
     # A re-run that reuses every trial: the same best trial, as good as itself.
     rerun = sweep_parent(experiment_id, reused=(champion,))

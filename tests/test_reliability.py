@@ -72,7 +72,7 @@ def points_per_epoch(run_id: str) -> dict[str, list[int]]:
 def logged_weights(run_id: str) -> dict[str, torch.Tensor]:
     (model,) = MlflowClient().search_logged_models(
         experiment_ids=[MlflowClient().get_run(run_id).info.experiment_id],
-        filter_string=f"source_run_id = '{run_id}'",
+        filter_string=f"{schema.LOGGED_MODEL_SOURCE_RUN} = '{run_id}'",
     )
     return mlflow.pyfunc.load_model(model.model_uri).unwrap_python_model().network.state_dict()
 
@@ -117,7 +117,7 @@ def test_sigterm_leaves_the_run_killed_and_resumable(tracking_store, tmp_path):
     resumed = run_cli("train", "--resume", run.info.run_id)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert only_run().info.status == "FINISHED"
-    assert points_per_epoch(run.info.run_id)["train_loss"] == [1, 2, 3, 4]
+    assert points_per_epoch(run.info.run_id)[schema.METRIC_TRAIN_LOSS] == [1, 2, 3, 4]
 
 
 def trial_run_id(activation: str) -> str | None:
@@ -171,7 +171,7 @@ def test_a_killed_sweep_run_again_continues_the_trial_from_its_checkpoint(tracki
     assert {r.info.status for r in trials} == {"FINISHED"}
     continued = next(r for r in trials if r.data.params["activation"] == "tanh")
     assert continued.info.run_id == checkpoint.parent.name
-    assert points_per_epoch(continued.info.run_id)["valid_acc"] == [1, 2, 3]
+    assert points_per_epoch(continued.info.run_id)[schema.METRIC_VALID_ACC] == [1, 2, 3]
     # The second process trained only the epochs after the checkpoint.
     label = "mlp-acttanh-seed42"
     assert f"{label}: resumed after epoch {trained_before}" in again.stderr

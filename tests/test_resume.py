@@ -12,14 +12,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import mlflow
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.entities import Param
 
 from cifar_mlflow import schema
-from cifar_mlflow.checkpoint import checkpoint_path, load_checkpoint
+from cifar_mlflow.checkpoint import CHECKPOINT_FILE, checkpoint_path, load_checkpoint
 from cifar_mlflow.cli import cli, main
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import load_arrays
@@ -63,7 +62,8 @@ class CrashAtEpochEnd(Callback):
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
         if self.keep_checkpoint_of and metrics.epoch == self.keep_checkpoint_of + 1:
-            path = checkpoint_path(self.checkpoint_dir, mlflow.active_run().info.run_id)
+            # The only run training here: no run is active in the process to ask for its id.
+            (path,) = Path(self.checkpoint_dir).glob(f"*/{CHECKPOINT_FILE}")
             shutil.copyfile(path, self.kept)
         if metrics.epoch == self.epoch:
             raise self.error(f"stopped at the end of epoch {metrics.epoch}")
@@ -146,7 +146,8 @@ def test_the_resume_entry_point_finishes_a_killed_run(config, tracking_store):
     every_epoch_once = {name: list(range(1, EPOCHS + 1)) for name in schema.EPOCH_METRICS}
     assert steps_per_metric(run_id) == every_epoch_once
     launcher = client.search_runs(
-        [client.get_run(run_id).info.experiment_id], f"tags.resumed_run_id = '{run_id}'"
+        [client.get_run(run_id).info.experiment_id],
+        f"tags.{schema.TAG_RESUMED_RUN_ID} = '{run_id}'",
     )
     assert [r.info.status for r in launcher] == ["FINISHED"]
 

@@ -15,10 +15,10 @@ from analysis.search import main as search_main
 from cifar_mlflow import engine, environment, schema
 from cifar_mlflow.cli import main
 from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.search_space import SearchError, parse_search
+from cifar_mlflow.search.early_stopping import EarlyStopping
+from cifar_mlflow.search.space import SearchError, parse_search
+from cifar_mlflow.search.state import Ending, PastTrial, SearchState
 from cifar_mlflow.studies import load_study
-from cifar_mlflow.sweeps.early_stopping import EarlyStopping
-from cifar_mlflow.sweeps.search_state import Ending, PastTrial, SearchState
 from cifar_mlflow.tracking.lookups import find_finished_run
 from tests.test_engine import Recorder, small_config, tiny_data
 from tests.test_ray_sweep import most_at_once, ray_2_cpus  # noqa: F401 — a fixture
@@ -57,7 +57,9 @@ def newest_parent():
 
 
 def valid_acc_epochs(run_id: str) -> list[int]:
-    return sorted(m.step for m in MlflowClient().get_metric_history(run_id, "valid_acc"))
+    return sorted(
+        m.step for m in MlflowClient().get_metric_history(run_id, schema.METRIC_VALID_ACC)
+    )
 
 
 @pytest.mark.e2e
@@ -86,16 +88,16 @@ def test_a_12_trial_search_stops_some_trials_then_continues_where_it_stopped(
         epoch = int(run.data.tags[schema.TAG_STOPPED_AT_EPOCH])
         assert 1 <= epoch < 4
         assert valid_acc_epochs(run.info.run_id) == list(range(1, epoch + 1))
-        assert "test_acc" not in run.data.metrics and run.info.run_id not in with_model
+        assert schema.METRIC_TEST_ACC not in run.data.metrics and run.info.run_id not in with_model
     for run in complete:
         assert valid_acc_epochs(run.info.run_id) == [1, 2, 3, 4]
-        assert "test_acc" in run.data.metrics and run.info.run_id in with_model
+        assert schema.METRIC_TEST_ACC in run.data.metrics and run.info.run_id in with_model
     # The full run schema, whatever the trial's end.
     for run in runs.values():
         assert set(TrainConfig().to_params()) <= set(run.data.params)
         for tag in (schema.TAG_STUDY, schema.TAG_MODEL, schema.TAG_TRIAL_KEY, schema.TAG_SEED):
             assert tag in run.data.tags
-    best = max(complete, key=lambda r: r.data.metrics["best_valid_acc"])
+    best = max(complete, key=lambda r: r.data.metrics[schema.METRIC_BEST_VALID_ACC])
     assert parent.data.tags[schema.TAG_BEST_RUN_ID] == best.info.run_id
 
     # The same command again trains nothing: every trial counts, none is resumed or re-run.
@@ -120,8 +122,10 @@ def test_a_12_trial_search_stops_some_trials_then_continues_where_it_stopped(
     complete_now = {
         n: r for n, r in after.items() if schema.TAG_STOPPED_AT_EPOCH not in r.data.tags
     }
-    best_number = max(complete_now, key=lambda n: complete_now[n].data.metrics["best_valid_acc"])
-    best_acc = 100 * complete_now[best_number].data.metrics["best_valid_acc"]
+    best_number = max(
+        complete_now, key=lambda n: complete_now[n].data.metrics[schema.METRIC_BEST_VALID_ACC]
+    )
+    best_acc = 100 * complete_now[best_number].data.metrics[schema.METRIC_BEST_VALID_ACC]
     assert table[2].startswith(f"| {best_number} | ") and f"| {best_acc:.2f} |" in table[2]
     assert len(table) == 2 + min(10, len(complete_now))
     for stem in ("best_so_far", "params", "curves"):

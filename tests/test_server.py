@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from cifar_mlflow import schema
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.schema import EPOCH_METRICS, EpochMetrics
 from cifar_mlflow.server.backup import backup
@@ -189,7 +190,9 @@ def test_backup_wipe_restore_brings_back_runs_users_and_artifacts(
     run_id = client.create_run(experiment_id, run_name="before-backup").info.run_id
     client.log_param(run_id, "lr", "0.001")
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric("valid_acc", s / 10, now, s) for s in (1, 2, 3)])
+    client.log_batch(
+        run_id, metrics=[Metric(schema.METRIC_VALID_ACC, s / 10, now, s) for s in (1, 2, 3)]
+    )
     (tmp_path / "config.json").write_text('{"lr": 0.001}')
     client.log_artifact(run_id, str(tmp_path / "config.json"))
     client.set_terminated(run_id)
@@ -237,7 +240,7 @@ def test_backup_wipe_restore_brings_back_runs_users_and_artifacts(
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params == {"lr": "0.001"}
-    history = client.get_metric_history(run_id, "valid_acc")
+    history = client.get_metric_history(run_id, schema.METRIC_VALID_ACC)
     assert sorted((m.step, m.value) for m in history) == [(1, 0.1), (2, 0.2), (3, 0.3)]
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
     downloaded = client.download_artifacts(run_id, "config.json", str(tmp_path / "back"))

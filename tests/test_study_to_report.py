@@ -47,14 +47,20 @@ def check_table1_matches_the_runs(experiment: str) -> None:
     assert invoked.exit_code == 0, invoked.output
     table = pd.read_csv(io.StringIO(invoked.stdout)).set_index("patch_size").sort_index()
     assert list(table.index) == [2, 4, 8, 16]
-    assert (table["num_params"] == runs.loc[table.index, "num_params"]).all()
-    for metric in ("inference_time_s", "train_epoch_time_s", "test_acc"):
+    assert (
+        table[schema.METRIC_NUM_PARAMS] == runs.loc[table.index, schema.METRIC_NUM_PARAMS]
+    ).all()
+    for metric in (
+        schema.METRIC_INFERENCE_TIME_S,
+        schema.METRIC_TRAIN_EPOCH_TIME_S,
+        schema.METRIC_TEST_ACC,
+    ):
         expected = runs.loc[table.index, metric].to_numpy()
         assert table[f"{metric}_mean"].to_numpy() == pytest.approx(expected, rel=1e-9)
     markdown = CliRunner().invoke(table1.main, ["--experiment", experiment]).stdout
     rows = [line for line in markdown.splitlines() if line.startswith("|")][2:]
     assert len(rows) == 4
-    for row, params in zip(rows, runs.loc[table.index, "num_params"], strict=True):
+    for row, params in zip(rows, runs.loc[table.index, schema.METRIC_NUM_PARAMS], strict=True):
         assert f"{int(params):,}" in row
 
 

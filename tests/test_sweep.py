@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from cifar_mlflow import schema
 from cifar_mlflow.cli import main
-from cifar_mlflow.studies import BUILTIN_STUDY_DIR, StudyError, load_study
+from cifar_mlflow.studies import StudyError, load_study
 
 REPO = Path(__file__).resolve().parent.parent
 # Small trials keep the suite fast; the sweep logic is the same at any size.
@@ -76,7 +76,7 @@ def test_patch_sweep_under_mlflow_run_then_reuse_and_recreate(
     assert {c.data.tags[schema.TAG_PARENT_RUN_ID] for c in children} == {parent.info.run_id}
     assert {c.data.tags[schema.TAG_STUDY] for c in children} == {"patch"}
     assert parent.data.metrics[schema.METRIC_TRIALS_FINISHED] == 4
-    best = max(children, key=lambda c: c.data.metrics["best_valid_acc"])
+    best = max(children, key=lambda c: c.data.metrics[schema.METRIC_BEST_VALID_ACC])
     assert parent.data.tags[schema.TAG_BEST_RUN_ID] == best.info.run_id
     client = MlflowClient()
     study_text = client.download_artifacts(parent.info.run_id, schema.STUDY_ARTIFACT, str(tmp_path))
@@ -180,7 +180,7 @@ def test_overriding_a_varied_option_is_refused():
         load_study("patch").trial_configs({"patch_size": "8"})
 
 
-# SPEC §1: what each built-in study varies and fixes.
+# docs/analysis.md: what each built-in study varies and fixes.
 EXPECTED_STUDIES = {
     "activation": ("mlp", {}, {"activation": ["relu", "tanh", "sigmoid"]}),
     "lr": ("resnet18", {"optimizer": "adam"}, {"lr": [0.1, 0.01, 0.001, 0.0001, 0.00001]}),
@@ -210,7 +210,7 @@ EXPECTED_STUDIES = {
 @pytest.mark.parametrize("name", sorted(EXPECTED_STUDIES))
 def test_builtin_study_files_carry_the_settings_of_the_source_report(name):
     model, fixed, grid = EXPECTED_STUDIES[name]
-    content = yaml.safe_load((BUILTIN_STUDY_DIR / f"{name}.yaml").read_text())
+    content = yaml.safe_load((schema.BUILTIN_STUDY_DIR / f"{name}.yaml").read_text())
     assert content["model"] == model
     assert (content.get("fixed") or {}) == fixed
     assert (content.get("grid") or {}) == grid
@@ -240,3 +240,16 @@ def test_seeds_repeat_each_setting_with_consecutive_seeds():
     assert len(configs) == 15
     assert sorted({c.seed for c in configs}) == [7, 8, 9]
     assert len({c.trial_key() for c in configs}) == 15
+
+
+def test_the_builtin_studies_are_their_folders_files_and_sweep_help_lists_them():
+    from click.testing import CliRunner
+
+    from cifar_mlflow.cli import cli
+
+    names = schema.builtin_studies()
+    assert len(names) >= 7 and set(schema.REPORT_STUDIES) <= set(names)
+    help_text = " ".join(CliRunner().invoke(cli, ["sweep", "--help"]).output.split())
+    for name in names:
+        assert load_study(name).name == name
+        assert f"{name}," in help_text or f"{name})" in help_text

@@ -1,8 +1,7 @@
-"""Sweeps: a study's trials as nested runs under one parent run (SPEC §6).
+"""Sweeps: a study's trials as nested runs under one parent run.
 
 `sweep` decides which trials to run and summarises them; `trials` is what every executor
-shares (a trial, its outcome, running one); `parent_run` holds the sweep's MLflow calls;
-`local` and `ray_executor` decide where the missing trials run. A searched study's trials
-come from `search` (its runs → `search_state`, the Optuna study; `early_stopping`, the
-callback that consults it).
+shares (a trial, its outcome, running one); `local` and `ray_executor` decide where the
+missing trials run. The sweep's MLflow calls are `tracking.sweep_runs`; a searched study's
+trials come from the `search` package.
 """

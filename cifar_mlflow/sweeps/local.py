@@ -7,8 +7,8 @@ from typing import Any, TypeVar
 
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import CifarArrays, load_arrays
-from cifar_mlflow.sweeps.parent_run import SweepParent
 from cifar_mlflow.sweeps.trials import Trial, TrialOutcome, run_trial
+from cifar_mlflow.tracking.sweep_runs import SweepParent
 
 T = TypeVar("T")
 

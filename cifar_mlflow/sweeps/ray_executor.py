@@ -28,13 +28,13 @@ import ray.exceptions
 from cifar_mlflow import console
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import load_arrays
-from cifar_mlflow.errors import UserError
+from cifar_mlflow.errors import ExecutorError, UserError
 from cifar_mlflow.reachability import redact_uri
-from cifar_mlflow.sweeps.parent_run import SweepParent, end_running_trials
 from cifar_mlflow.sweeps.ray_options import RayOptions
 from cifar_mlflow.sweeps.ray_tasks import as_trial_task, prepare_worker
 from cifar_mlflow.sweeps.trials import Trial, TrialOutcome, run_trial
 from cifar_mlflow.tracking.client import use_worker_environment
+from cifar_mlflow.tracking.sweep_runs import SweepParent, end_running_trials
 
 T = TypeVar("T")
 # "" lets `ray.init()` join a Ray instance running on this machine or start one; "local"
@@ -45,7 +45,7 @@ CANCEL_GRACE_S = 10.0
 CANCEL_RETRY_S = 2.0  # between repeated cancellations of a trial that goes on running
 
 
-class RayExecutorError(UserError):
+class RayExecutorError(ExecutorError):
     """Ray options or a tracking store that a Ray sweep cannot use; the message is one line."""
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.errors import UserError
+from cifar_mlflow.errors import ExecutorError
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class RayOptions:
         """Refuse trials that ask for a GPU Ray would hide from them (it hides every GPU from a
         task that reserves none), before any run exists."""
         if self.gpus_per_trial == 0 and any(config.device == "cuda" for config in configs):
-            raise UserError(
+            raise ExecutorError(
                 "device=cuda needs gpus_per_trial > 0 with executor=ray: Ray hides the GPUs "
                 "from a trial that reserves none"
             )

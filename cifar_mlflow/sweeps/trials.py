@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -11,9 +11,9 @@ from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import CifarArrays
 from cifar_mlflow.engine import Callback
 from cifar_mlflow.progress import ProgressCallback
-from cifar_mlflow.sweeps.parent_run import SweepParent, adopt_trial_run, create_trial_run
-from cifar_mlflow.tracking.lookups import checkpoint_of, find_interrupted_run
-from cifar_mlflow.training import train_tracked
+from cifar_mlflow.tracking.lookups import find_interrupted_run
+from cifar_mlflow.tracking.sweep_runs import SweepParent, adopt_trial_run, create_trial_run
+from cifar_mlflow.training import last_checkpoint, train_tracked
 
 
 class TrialStatus(enum.Enum):
@@ -50,6 +50,22 @@ class Trial:
     callbacks: tuple[Callback, ...] = ()  # a searched trial's early stopping
 
 
+class Outcomes:
+    """Trial outcomes as the executor reports them, one line each; read back in trial order."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.echo = echo
+        self._by_index: dict[int, TrialOutcome] = {}
+
+    def add(self, index: int, label: str, outcome: TrialOutcome) -> None:
+        error = f" ({outcome.error})" if outcome.error else ""
+        self.echo(f"{label}: {outcome.status.value}{error}")
+        self._by_index[index] = outcome
+
+    def in_order(self) -> list[TrialOutcome]:
+        return [self._by_index[index] for index in sorted(self._by_index)]
+
+
 T = TypeVar("T")
 
 
@@ -82,7 +98,7 @@ def run_trial(
     if interrupted is None:
         run_id, resume = create_trial_run(parent, config, study_name, trial.tags), None
     else:
-        run_id, resume = interrupted.info.run_id, checkpoint_of(config, interrupted)
+        run_id, resume = interrupted.info.run_id, last_checkpoint(config, interrupted.info.run_id)
         adopt_trial_run(parent, run_id, trial.tags)
     try:
         _, final = train_tracked(

@@ -1,6 +1,9 @@
-"""Every MLflow call of the training side, one module per job.
+"""Every MLflow call of training, sweeps and search, one module per job: the door to MLflow.
 
-`client`: where and as whom to log, experiments, links; `runs`: a run's lifecycle and
-description; `callback`: the engine's reports and the final model as MLflow calls; `lookups`:
-finding runs again (resume, finished and interrupted trials). The engine never imports it.
+`client`: where and as whom to log, experiments, run links; `pages`: every search, page by
+page (the analysis and the registry use it too); `runs`: a run's lifecycle and description;
+`sweep_runs`: a sweep's parent run and its trials' runs; `callback`: the engine's reports and
+the final model as MLflow calls; `lookups`: finding runs again (by id, finished and
+interrupted trials, metric histories). Every call names its run: no run is ever "active" in
+the process. The engine never imports this package.
 """

@@ -118,7 +118,7 @@ class MlflowCallback(Callback):
 
     def _log_artifacts(self, model: nn.Module) -> str:
         """Uploads the final model's artifacts; returns the logged model's id."""
-        config = {"config": self.config.to_params(), "trial_key": self.config.trial_key()}
+        config = {"config": self.config.to_params(), schema.TAG_TRIAL_KEY: self.config.trial_key()}
         # Both files in one upload: each separate log_* call would first fetch the run.
         with tempfile.TemporaryDirectory(prefix="cifar-mlflow-artifacts-") as folder:
             (Path(folder) / schema.CONFIG_ARTIFACT).write_text(json.dumps(config, indent=2))

@@ -9,9 +9,10 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Experiment, Run
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from cifar_mlflow import schema
-from cifar_mlflow.errors import UserError
+from cifar_mlflow.errors import ExperimentDeletedError
 from cifar_mlflow.reachability import check_reachable, is_server_uri, redact_uri
 
 # What MLflow's client reads from the environment to reach and log in to a server.
@@ -54,17 +55,23 @@ def use_worker_environment(env: Mapping[str, str]) -> None:
 
 
 def use_experiment(name: str) -> str:
-    """Select (creating if needed) experiment `name`, tagged for MLflow's training-run view."""
-    try:
-        experiment = mlflow.set_experiment(name)  # fetched with its tags: no second lookup
-    except MlflowException:
-        found = MlflowClient().get_experiment_by_name(name)
-        if found is None or found.lifecycle_stage != "deleted":
-            raise
-        raise UserError(
+    """The id of experiment `name` (created if needed), tagged for MLflow's training-run view."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            client.create_experiment(name)
+        except MlflowException as error:
+            # Another process (a Ray worker, a second sweep) created it in the meantime.
+            if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+        experiment = client.get_experiment_by_name(name)
+    if experiment is None or experiment.lifecycle_stage == "deleted":
+        raise ExperimentDeletedError(
             f"experiment {name!r} is deleted; restore it (mlflow experiments restore "
-            f"--experiment-id {found.experiment_id}) or choose another name"
-        ) from None
+            f"--experiment-id {experiment.experiment_id if experiment else '?'}) or choose "
+            "another name"
+        )
     mark_experiment_kind(experiment)
     return experiment.experiment_id
 
@@ -82,12 +89,19 @@ def mark_experiment_of(run: Run) -> None:
         mark_experiment_kind(MlflowClient().get_experiment(run.info.experiment_id))
 
 
-def run_link(experiment_id: str, run_id: str) -> str:
-    """Where to look at a run: its UI page on a server, else the `mlflow ui` command.
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI when the tracking URI is a server, else None.
 
-    Credentials in the tracking URI never appear in it.
+    Credentials may sit in the URI's user-info part; they never appear in the link.
     """
-    uri = redact_uri(mlflow.get_tracking_uri())
-    if is_server_uri(uri):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"run {run_id}: browse it with `mlflow ui --backend-store-uri {uri}`"
+    if not is_server_uri(tracking_uri):
+        return None
+    return f"{redact_uri(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    """Where to look at a run: its UI page on a server, else the `mlflow ui` command."""
+    uri = mlflow.get_tracking_uri()
+    return run_url(uri, experiment_id, run_id) or (
+        f"run {run_id}: browse it with `mlflow ui --backend-store-uri {redact_uri(uri)}`"
+    )

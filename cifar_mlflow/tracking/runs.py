@@ -13,6 +13,8 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from cifar_mlflow import schema
@@ -33,7 +35,7 @@ def run_tags(config: TrainConfig, study: str, env: Environment) -> dict[str, str
         schema.TAG_SEED: str(config.seed),
         schema.TAG_TORCH_DEVICE: str(env.device),
         schema.TAG_TORCH_PRECISION: env.precision,
-        "mlflow.runName": config.run_name(),  # readable, also for runs `mlflow run` created
+        schema.TAG_RUN_NAME: config.run_name(),  # readable, also for runs `mlflow run` created
     }
     unused = config.unused_fields()
     if unused:
@@ -88,54 +90,71 @@ def record_run_description(
 def training_run(
     config: TrainConfig, *, run_id: str | None = None, experiment: str | None = None
 ) -> Iterator[Run]:
-    """An active MLflow run with system metrics, ended by the body's outcome.
+    """A training run with system metrics, ended by the body's outcome.
 
     With `run_id` the existing run is used (the one `mlflow run` or a sweep created);
     otherwise a new run is created in `experiment`. See `ended_by_outcome` for its status.
     """
-    if run_id is None:
-        # Tags the experiment for the UI as it selects it; `mlflow run` selected it untagged.
-        use_experiment(experiment or schema.DEFAULT_EXPERIMENT)
     # The setter writes the environment variable itself: only fill it in when the user has not.
     if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
     # Buffering, MLflow's logging thread waits on its stop event instead of polling its queue
     # once a second, so ending the run drains it in milliseconds rather than up to a second.
     os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", str(ASYNC_LOGGING_BUFFER_S))
-    run = mlflow.start_run(
-        run_id=run_id,
-        run_name=None if run_id else config.run_name(),
-        nested=mlflow.active_run() is not None,
-        log_system_metrics=True,
-    )
-    with ended_by_outcome():
+    with started_run(config.run_name(), run_id=run_id, experiment=experiment) as run:
+        monitor = SystemMetricsMonitor(run.info.run_id, resume_logging=run_id is not None)
+        monitor.start()
+        try:
+            yield run
+        finally:
+            monitor.finish()
+
+
+@contextlib.contextmanager
+def started_run(
+    run_name: str, *, run_id: str | None = None, experiment: str | None = None
+) -> Iterator[Run]:
+    """Run `run_id` (RUNNING again), else a new run `run_name` in `experiment`, ended by the
+    body's outcome. Every call names the run: no run is active in this process (Ray threads
+    and sweeps log to several runs at once)."""
+    client = MlflowClient()
+    if run_id is None:
+        # Tags the experiment for the UI as it selects it; `mlflow run` selected it untagged.
+        experiment_id = use_experiment(experiment or schema.DEFAULT_EXPERIMENT)
+        # The source, user and git commit tags MLflow's own `start_run` adds.
+        run = client.create_run(experiment_id, tags=resolve_tags(), run_name=run_name)
+    else:
+        client.update_run(run_id, status="RUNNING")
+        run = client.get_run(run_id)
+    with ended_by_outcome(run.info.run_id):
         mark_experiment_of(run)
         yield run
 
 
 @contextlib.contextmanager
-def ended_by_outcome() -> Iterator[None]:
-    """End the active run FINISHED, KILLED on Ctrl-C or SIGTERM, else FAILED with the reason."""
+def ended_by_outcome(run_id: str) -> Iterator[None]:
+    """End run `run_id` FINISHED, KILLED on Ctrl-C or SIGTERM, else FAILED with the reason."""
+    client = MlflowClient()
     try:
         yield
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        client.set_terminated(run_id, "KILLED")
         raise
     except BaseException as error:
-        mlflow.set_tag(schema.TAG_FAILURE_REASON, f"{type(error).__name__}: {error}"[:5000])
-        mlflow.end_run("FAILED")
+        client.set_tag(run_id, schema.TAG_FAILURE_REASON, f"{type(error).__name__}: {error}"[:5000])
+        client.set_terminated(run_id, "FAILED")
         raise
     else:
-        # end_run drains the asynchronous queue itself; flushing it first would stop and
-        # restart its thread, which takes up to a second each time.
-        mlflow.end_run("FINISHED")
+        # set_terminated drains the asynchronous queue itself; flushing it first would stop
+        # and restart its thread, which takes up to a second each time.
+        client.set_terminated(run_id, "FINISHED")
 
 
 def point_launcher_to(resumed_run_id: str) -> None:
     """Under `mlflow run -P resume=ID`, MLflow's new run only launches the continued one."""
     launcher = run_id_from_mlflow_run()
     if launcher and launcher != resumed_run_id:
-        MlflowClient().set_tag(launcher, "resumed_run_id", resumed_run_id)
+        MlflowClient().set_tag(launcher, schema.TAG_RESUMED_RUN_ID, resumed_run_id)
 
 
 def record_failure(run_id: str, reason: str) -> None:

@@ -1,6 +1,6 @@
 """A search's Optuna study, rebuilt in memory from its runs at the start of each sweep.
 
-The runs on the tracking server are the search's only record (see `sweeps.search`): each
+The runs on the tracking server are the search's only record (see `search.trials`): each
 sweep adds its earlier trials to a fresh in-memory study — parameters, per-epoch `valid_acc`
 as intermediate values, and how each ended — so the sampler and the pruner continue the
 search without a second database. Under Ray the one `SearchState` lives in an actor that the
@@ -23,7 +23,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from cifar_mlflow.search_space import Dimension, SearchSpec
+from cifar_mlflow.search.space import Dimension, SearchSpec
 
 # Completed trials the median pruner waits for: a median of fewer is mostly noise.
 MEDIAN_STARTUP_TRIALS = 3

@@ -12,7 +12,7 @@
 
 Every value a distribution can produce is validated like the option it sets, against the
 study's fixed settings, when the file is loaded: a sample the option would refuse fails
-before any run exists. No Optuna here: `sweeps.optuna_search` turns a `Dimension` into one of
+before any run exists. No Optuna here: `search.state` turns a `Dimension` into one of
 Optuna's distributions, so loading a study stays cheap.
 """
 

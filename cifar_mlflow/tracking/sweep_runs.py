@@ -1,4 +1,4 @@
-"""The sweep's MLflow calls: its parent run, the trials' child runs, the summary."""
+"""A sweep's MLflow calls: its parent run, the trials' child runs, the summary."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 from mlflow.utils.time import get_current_time_millis
 
 from cifar_mlflow import schema
 from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.tracking.client import mark_experiment_of, use_experiment
-from cifar_mlflow.tracking.runs import ended_by_outcome, log_tags_and_new_params
+from cifar_mlflow.tracking.pages import search_runs
+from cifar_mlflow.tracking.runs import log_tags_and_new_params, started_run
 
 
 @dataclass(frozen=True)
@@ -35,22 +34,22 @@ def sweep_run(
     run_id: str | None = None,
     experiment: str | None = None,
 ) -> Iterator[SweepParent]:
-    """The active parent run of a sweep; its trials are created with `create_trial_run`."""
-    if run_id is None:
-        # Tags the experiment for the UI as it selects it; `mlflow run` selected it untagged.
-        use_experiment(experiment or schema.DEFAULT_EXPERIMENT)
-    run = mlflow.start_run(run_id=run_id, run_name=study_name)
-    with ended_by_outcome():
-        mark_experiment_of(run)
+    """The parent run of a sweep; its trials are created with `create_trial_run`."""
+    with started_run(study_name, run_id=run_id, experiment=experiment) as run:
         tags = {
             schema.TAG_STUDY: study_name,
             schema.TAG_ROLE: schema.ROLE_SWEEP,
             schema.TAG_VARIED: ",".join(varied),
-            "mlflow.runName": study_name,
+            schema.TAG_RUN_NAME: study_name,
         }
         log_tags_and_new_params(run, tags, params)
-        mlflow.log_text(study_text, schema.STUDY_ARTIFACT)
+        MlflowClient().log_text(run.info.run_id, study_text, schema.STUDY_ARTIFACT)
         yield SweepParent(run.info.run_id, run.info.experiment_id)
+
+
+def mark_search(parent: SweepParent, search_key: str) -> None:
+    """Tag the parent run with the key of the search it continues."""
+    MlflowClient().set_tag(parent.run_id, schema.TAG_SEARCH_KEY, search_key)
 
 
 def create_trial_run(
@@ -82,12 +81,10 @@ def adopt_trial_run(parent: SweepParent, run_id: str, tags: Mapping[str, str]) -
 def end_running_trials(parent: SweepParent, status: str) -> None:
     """End the trial runs of `parent` still RUNNING (their workers are gone) with `status`."""
     client = MlflowClient()
-    running = client.search_runs(
+    running = search_runs(
+        client,
         [parent.experiment_id],
-        filter_string=(
-            f"tags.`{schema.TAG_PARENT_RUN_ID}` = '{parent.run_id}' "
-            "and attributes.status = 'RUNNING'"
-        ),
+        f"tags.`{schema.TAG_PARENT_RUN_ID}` = '{parent.run_id}' and attributes.status = 'RUNNING'",
     )
     for run in running:
         client.set_terminated(run.info.run_id, status)
