@@ -58,6 +58,7 @@ def restore(data_dir: Path, source: Path) -> None:
     """Rebuild a data folder from a backup; `server start` on it then serves what was backed
     up. The folder must not hold a server yet."""
     data_dir, source = data_dir.resolve(), source.resolve()
+    refuse_inside_work_tree(data_dir, "the data folder")
     missing = [
         name
         for name in (*(f"{d}.dump" for d in DATABASES), *(f"{a}.tar.gz" for a in ARCHIVES))
@@ -67,7 +68,6 @@ def restore(data_dir: Path, source: Path) -> None:
         raise ServerError(f"{source} is not a backup: {', '.join(missing)} missing")
     if (data_dir / "postgres").exists() or (data_dir / "secrets").exists():
         raise ServerError(f"{data_dir} already holds a server; restore into a new folder")
-    refuse_inside_work_tree(data_dir, "the data folder")
     account = service_account()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     for name in ARCHIVES:

@@ -43,7 +43,12 @@ def authenticate():
         return make_basic_auth_response()
     address = request.headers.get(CLIENT_HEADER, "")
     credentials = request.authorization
-    basic = credentials is not None and credentials.type == "basic"
+    # PostgreSQL cannot store a NUL, and MLflow would answer such a name with a 500.
+    basic = (
+        credentials is not None
+        and credentials.type == "basic"
+        and "\0" not in credentials.username + credentials.password
+    )
     username = credentials.username if basic else ""
     blocked_s = throttle().blocked_for(address, username)
     if blocked_s > 0:
