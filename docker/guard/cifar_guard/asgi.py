@@ -57,26 +57,32 @@ class Guard:
 
     async def _capped(self, scope, receive, send, cap: int) -> None:
         received = 0
-        started = False
+        exceeded = started = False
 
         async def counted_receive():
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             received += len(message.get("body", b""))
             if received > cap:
+                exceeded = True
                 raise BodyTooLarge
             return message
 
         async def tracked_send(message) -> None:
             nonlocal started
+            if exceeded:
+                return  # the app's error answer to the cut-off body; the guard answers 413
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, counted_receive, tracked_send)
-        except BodyTooLarge:
-            if not started:
-                await refuse(send, 413, _too_large(cap))
+        except Exception:
+            # Raised through MLflow's middlewares, possibly wrapped in an exception group.
+            if not exceeded:
+                raise
+        if exceeded and not started:
+            await refuse(send, 413, _too_large(cap))
 
 
 def _too_large(cap: int) -> str:

@@ -42,7 +42,10 @@ def authenticate():
     if request.headers.get("Authorization") is None:
         return make_basic_auth_response()
     address = request.headers.get(CLIENT_HEADER, "")
-    credentials = request.authorization
+    try:
+        credentials = request.authorization
+    except ValueError:  # werkzeug's base64 decoding of non-ASCII credentials
+        credentials = None
     # PostgreSQL cannot store a NUL, and MLflow would answer such a name with a 500.
     basic = (
         credentials is not None
@@ -53,6 +56,7 @@ def authenticate():
     blocked_s = throttle().blocked_for(address, username)
     if blocked_s > 0:
         return _too_many(blocked_s)
+    # MLflow's own decision, on its own reading of the header.
     result = authenticate_request_basic_auth() if basic else make_basic_auth_response()
     if isinstance(result, Response):
         if basic and not store.has_user(username):
