@@ -182,6 +182,11 @@ def _copy_server_files(target: Path) -> None:
             shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, target / name)
+    for root, folders, files in os.walk(target):
+        for folder in folders:
+            Path(root, folder).chmod(0o700)
+        for file in files:
+            Path(root, file).chmod(0o600)
 
 
 def _server_env(
