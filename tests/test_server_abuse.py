@@ -107,6 +107,17 @@ def test_class1_outside_locations_are_refused_in_every_form_mlflow_reads(
     assert experiment(tracking_server, name) is None
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize("route", ["/api/3.0/mlflow/workspaces", "/ajax-api/3.0/mlflow/workspaces"])
+def test_class1_no_workspace_can_set_an_artifact_root(
+    tracking_server: TrackingServer, route: str
+) -> None:
+    # MLflow's other route that sets where artifacts go; the server runs without workspaces.
+    body = {"name": f"ws-{uuid.uuid4().hex[:8]}", "default_artifact_root": OUTSIDE}
+    response = call(tracking_server, route, auth=admin(tracking_server), method="POST", body=body)
+    assert response.status != 200, response.content
+
+
 def basic_token(username: str, password: str) -> str:
     return base64.b64encode(f"{username}:{password}".encode()).decode()
 
