@@ -15,8 +15,10 @@ import base64
 import http.client
 import json
 import os
+import shutil
 import socket
 import ssl
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -29,9 +31,11 @@ import psycopg2
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cifar_mlflow.server.account import hand_over, service_account
 from cifar_mlflow.server.interpreter import built_environment
-from cifar_mlflow.server.launcher import TrackingServer
-from tests.fixtures.server import CALLER_PASSWORD
+from cifar_mlflow.server.launcher import TrackingServer, ensure_secrets
+from cifar_mlflow.server.postgres import PROGRAM_ENV, Postgres
+from tests.fixtures.server import CALLER_PASSWORD, new_data_dir
 from tests.test_server_security import admin, call
 
 REPO = Path(__file__).resolve().parent.parent
@@ -400,6 +404,35 @@ def test_class8_the_servers_database_role_is_no_superuser(tracking_server: Track
         assert cursor.fetchone() == (False, False, False, False, False)
         cursor.execute("SELECT datname FROM pg_database WHERE datdba = 'mlflow'::regrole")
         assert sorted(row[0] for row in cursor.fetchall()) == ["mlflow", "mlflow_auth"]
+
+
+def test_class8_a_cluster_whose_superuser_was_mlflow_is_demoted_on_start() -> None:
+    data_dir = new_data_dir()
+    account = service_account()
+    try:
+        secret_files = ensure_secrets(data_dir)
+        postgres = Postgres(data_dir, account)
+        postgres.cluster.mkdir(mode=0o700)
+        hand_over(data_dir, account)
+        # The cluster as launchers before this role's demotion created it.
+        subprocess.run(
+            [*account.switch, str(postgres.bin_dir / "initdb"), "-D", str(postgres.cluster),
+             "-U", "mlflow", f"--pwfile={secret_files['postgres_password']}",
+             "--auth=scram-sha-256", "--no-locale"],
+            check=True, capture_output=True, env=PROGRAM_ENV,
+        )  # fmt: skip
+        postgres.start()
+        try:
+            with psycopg2.connect(
+                host="127.0.0.1", port=postgres.port, user="mlflow", dbname="mlflow",
+                password=secret_files["postgres_password"].read_text(),
+            ) as db, db.cursor() as cursor:  # fmt: skip
+                cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+                assert cursor.fetchone() == (False,)
+        finally:
+            postgres.stop()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def handshake(server: TrackingServer, version: ssl.TLSVersion, ciphers: str | None) -> bool:

@@ -23,6 +23,7 @@ SUPERUSER = "postgres"
 # password, e.g. after `eval "$(... server start)"`) but where programs and locales are.
 PROGRAM_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
 POSTGRES_INIT_SQL = Path(__file__).resolve().parents[2] / "docker" / "postgres-init.sql"
+POSTGRES_ADOPT_SQL = POSTGRES_INIT_SQL.with_name("postgres-adopt.sql")
 
 
 def free_port() -> int:
@@ -57,12 +58,25 @@ class Postgres:
         self._run_as_owner(
             "pg_ctl", "start", "-D", str(self.cluster), "-l", str(self.log), "-w", "-o", options
         )
+        try:
+            self._set_up()
+        except ServerError:
+            # A cluster whose superuser is still `mlflow` (made before this role was demoted):
+            # as mlflow, give it the superuser it lacks, then set it up.
+            self._psql(DB_USER, POSTGRES_ADOPT_SQL, "superuser_password_file",
+                       self.secrets / "postgres_superuser_password")  # fmt: skip
+            self._set_up()
+
+    def _set_up(self) -> None:
         # Idempotent, so a start after an interrupted first start completes the set-up.
-        role_password = self.secrets / "postgres_password"
+        self._psql(SUPERUSER, POSTGRES_INIT_SQL, "mlflow_password_file",
+                   self.secrets / "postgres_password")  # fmt: skip
+
+    def _psql(self, user: str, script: Path, variable: str, password_file: Path) -> None:
         self.client(
-            "psql", "-h", HOST, "-p", str(self.port), "-U", SUPERUSER, "-d", "postgres", "-q",
-            "-v", "ON_ERROR_STOP=1", "-v", f"mlflow_password_file={role_password}",
-            "-f", str(POSTGRES_INIT_SQL), superuser=True,
+            "psql", "-h", HOST, "-p", str(self.port), "-U", user, "-d", "postgres", "-q",
+            "-v", "ON_ERROR_STOP=1", "-v", f"{variable}={password_file}", "-f", str(script),
+            superuser=user == SUPERUSER,
         )  # fmt: skip
 
     def running(self) -> bool:
