@@ -421,8 +421,8 @@ def test_class8_a_cluster_whose_superuser_was_mlflow_is_demoted_on_start() -> No
              "--auth=scram-sha-256", "--no-locale"],
             check=True, capture_output=True, env=PROGRAM_ENV,
         )  # fmt: skip
-        postgres.start()
         try:
+            postgres.start()
             with psycopg2.connect(
                 host="127.0.0.1", port=postgres.port, user="mlflow", dbname="mlflow",
                 password=secret_files["postgres_password"].read_text(),
