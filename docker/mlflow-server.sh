@@ -21,6 +21,12 @@
 #   MLFLOW_AUTH_CONFIG_PATH                 where to write the auth config (a temporary file)
 #   CIFAR_GUARD_STATE                       the login throttle's file (a temporary file)
 #   CIFAR_GUARD_CONFINE_ARTIFACTS           true; false lets users pick artifact locations
+#   CIFAR_GUARD_MAX_BODY_BYTES              8 MiB: the body of any request but an upload
+#   CIFAR_GUARD_MAX_UPLOAD_BYTES            4 GiB: an artifact upload (streamed to disk)
+#   MLFLOW_TRUSTED_PROXIES                  addresses of reverse proxies whose X-Forwarded-For
+#                                           names the client (none: the peer is the client)
+#   MLFLOW_LIMIT_CONCURRENCY                256 connections per worker, then 503
+#   MLFLOW_LOG_FILE                         write the server's log there, rotated (10 MB × 5)
 set -euo pipefail
 umask 077
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
@@ -37,12 +43,18 @@ for name in MLFLOW_TLS_CERT_FILE MLFLOW_TLS_KEY_FILE; do
     fi
 done
 
+# Nothing leaves the server for MLflow's usage statistics.
+export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
+
 # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the image ships psycopg2.
 pg="postgresql+psycopg2://${POSTGRES_USER:-mlflow}@${POSTGRES_HOST:-db}:${POSTGRES_PORT:-5432}"
-# libpq reads the password from PGPASSWORD, which keeps it out of the database URIs and so out
-# of `ps`, the auth config file and MLflow's logs.
-export PGPASSWORD=$POSTGRES_PASSWORD
-unset POSTGRES_PASSWORD
+# libpq reads the password from a private file, which keeps it out of the database URIs and
+# so out of `ps`, the auth config file, MLflow's logs and every process's environment.
+export PGPASSFILE
+PGPASSFILE=$(mktemp --suffix=.pgpass)
+escaped=${POSTGRES_PASSWORD//\\/\\\\}
+printf '*:*:*:*:%s\n' "${escaped//:/\\:}" >"$PGPASSFILE"
+unset POSTGRES_PASSWORD PGPASSWORD escaped
 export MLFLOW_AUTH_ADMIN_USERNAME=${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
 # The job runner serves GenAI scorers and evaluations this project does not use, and costs
 # seven processes.
@@ -60,6 +72,7 @@ cat >"$MLFLOW_AUTH_CONFIG_PATH" <<INI
 default_permission = ${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}
 database_uri = $pg/mlflow_auth
 auth_cache_ttl_seconds = ${MLFLOW_AUTH_CACHE_TTL_SECONDS:-60}
+authorization_function = cifar_guard.login:authenticate
 INI
 
 # uvicorn answers 403 to a Host header it does not list. Clients send `name:port` unless the
@@ -90,6 +103,27 @@ export CIFAR_GUARD_STATE=${CIFAR_GUARD_STATE:-$(mktemp --suffix=.sqlite)}
 # it, which Python's entry-point lookup finds on the path: nothing to install.
 export PYTHONPATH=$here/guard${PYTHONPATH:+:$PYTHONPATH}
 
+# The admin is created by a process of its own, the only one that ever holds its password: the
+# server's processes never have it in their environment.
+if [[ -n ${MLFLOW_AUTH_ADMIN_PASSWORD:-} ]]; then
+    python -c 'from mlflow.server.auth import bootstrap_admin_user; bootstrap_admin_user()'
+    unset MLFLOW_AUTH_ADMIN_PASSWORD
+fi
+
+# TLS 1.2 with AEAD suites and forward secrecy only, or TLS 1.3 (whose suites are all AEAD).
+uvicorn_opts=(--ssl-certfile "$MLFLOW_TLS_CERT_FILE" --ssl-keyfile "$MLFLOW_TLS_KEY_FILE"
+    --ssl-ciphers 'ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL'
+    --limit-concurrency "${MLFLOW_LIMIT_CONCURRENCY:-256}")
+# uvicorn trusts X-Forwarded-For from 127.0.0.1 by default, where every local account connects.
+if [[ -n ${MLFLOW_TRUSTED_PROXIES:-} ]]; then
+    uvicorn_opts+=(--proxy-headers --forwarded-allow-ips "$MLFLOW_TRUSTED_PROXIES")
+else
+    uvicorn_opts+=(--no-proxy-headers)
+fi
+if [[ -n ${MLFLOW_LOG_FILE:-} ]]; then
+    exec > >(exec python "$here/rotating_log.py" "$MLFLOW_LOG_FILE") 2>&1
+fi
+
 exec python -m mlflow server \
     --backend-store-uri "$pg/mlflow" \
     --serve-artifacts \
@@ -100,4 +134,4 @@ exec python -m mlflow server \
     --workers "${MLFLOW_WORKERS:-4}" \
     --allowed-hosts "$(IFS=,; echo "${hosts[*]}")" \
     --cors-allowed-origins "$CIFAR_GUARD_ORIGINS" \
-    --uvicorn-opts "$(printf '%q ' --ssl-certfile "$MLFLOW_TLS_CERT_FILE" --ssl-keyfile "$MLFLOW_TLS_KEY_FILE")"
+    --uvicorn-opts "$(printf '%q ' "${uvicorn_opts[@]}")"

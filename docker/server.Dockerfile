@@ -14,7 +14,7 @@ RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonex
         --shell /usr/sbin/nologin mlflow \
     && install -d -o mlflow -g mlflow -m 0700 /mlartifacts
 # The entrypoint finds the guard and the secret checks beside itself.
-COPY mlflow-server.sh secrets.sh healthcheck.py /usr/local/lib/cifar-mlflow/
+COPY mlflow-server.sh secrets.sh healthcheck.py rotating_log.py /usr/local/lib/cifar-mlflow/
 COPY guard /usr/local/lib/cifar-mlflow/guard
 
 USER 10001:10001

@@ -4,9 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-# The team-server tests start a real PostgreSQL (Debian's package; Docker is not needed).
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+# The team-server tests start a real PostgreSQL and check docker-compose.yml with Debian's
+# docker-compose (neither needs Docker); as root, the launcher builds the server's environment
+# from the system Python 3.11 (its venv module).
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 ||
+    missing+=(docker-compose)
+if [[ $(id -u) == 0 ]] && ! /usr/bin/python3.11 -c 'import ensurepip' 2>/dev/null; then
+    missing+=(python3.11-venv)
+fi
+if ((${#missing[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 ruff check .
 ruff format --check .

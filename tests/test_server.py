@@ -205,7 +205,7 @@ def test_backup_wipe_restore_brings_back_runs_users_and_artifacts(
     runner = CliRunner()
     inside = runner.invoke(server, ["backup", "--data-dir", str(data_dir), "--to", str(REPO / "b")])
     assert inside.exit_code == 2
-    assert "inside the checkout" in inside.output
+    assert "inside the git work tree" in inside.output
     assert not (REPO / "b").exists()
     backup_dir = tmp_path / "backup"
     saved = runner.invoke(server, ["backup", "--data-dir", str(data_dir), "--to", str(backup_dir)])
@@ -303,6 +303,6 @@ def test_cli_help() -> None:
 
 @pytest.mark.parametrize("inside", [".", "backups/monday", "docker/../b"])
 def test_a_backup_inside_the_checkout_is_refused(tmp_path: Path, inside: str) -> None:
-    with pytest.raises(ServerError, match="inside the checkout"):
+    with pytest.raises(ServerError, match="inside the git work tree"):
         backup(tmp_path, REPO / inside)
     assert not (REPO / "backups").exists()

@@ -50,8 +50,7 @@ def compose_command() -> list[str] | None:
 
 def test_compose_accepts_the_file_with_the_example_env(tmp_path: Path) -> None:
     command = compose_command()
-    if command is None:
-        pytest.skip("neither docker-compose nor the docker compose plugin is installed")
+    assert command, "install Debian's docker-compose (scripts/test.sh does) or Docker's plugin"
     options = ["-f", str(COMPOSE_FILE), "--env-file", str(ENV_EXAMPLE), "--profile", "gpu"]
     result = subprocess.run(
         [*command, *options, "config"], cwd=tmp_path, capture_output=True, text=True
@@ -99,6 +98,12 @@ def test_secrets_are_files_never_environment_values() -> None:
         n for n, s in config["services"].items() if "postgres_password" in s.get("secrets", [])
     }
     assert users == {"db", "mlflow"}
+    superuser = {
+        n
+        for n, s in config["services"].items()
+        if "postgres_superuser_password" in s.get("secrets", [])
+    }
+    assert superuser == {"db"}
     assert "admin_password" not in config["services"]["trainer"]["secrets"]
     assert not [n for n in env_example() if SECRET_NAME.search(n) and not n.endswith("_DIR")]
 
@@ -146,6 +151,21 @@ def test_build_contexts_are_allow_lists() -> None:
     for ignored in (".env", "secrets/admin_password", "checkpoints/x.pt"):
         check = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", ignored])
         assert check.returncode == 0, f"{ignored} must stay git-ignored"
+
+
+def test_every_image_runs_as_an_unprivileged_user() -> None:
+    for path in DOCKERFILES:
+        lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+        instructions = [words[0] for words in lines if not words[0].startswith("#")]
+        users = [words[1] for words in lines if words[0] == "USER"]
+        assert users, f"{path.name} sets no USER: its container would run as root"
+        uid, _, gid = users[-1].partition(":")
+        assert uid.isdigit() and int(uid) >= 1000 and gid.isdigit() and int(gid) >= 1000, path
+        # Nothing after the last USER runs a command as another user.
+        after = instructions[len(instructions) - instructions[::-1].index("USER") :]
+        assert "RUN" not in after, path.name
+    db = compose()["services"]["db"]
+    assert db["user"] != "0" and not db["user"].startswith(("0:", "root"))
 
 
 @pytest.mark.e2e

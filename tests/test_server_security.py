@@ -24,7 +24,8 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from cifar_guard import Guard
+from cifar_guard.artifacts import confine
+from cifar_guard.asgi import Guard
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -41,9 +42,11 @@ def call(
     source: str = "127.0.0.1",
     method: str = "GET",
     body: dict | None = None,
-    headers: dict[str, str] | None = None,
+    data: bytes | None = None,
+    headers: dict[str, str | bytes] | None = None,
 ) -> http.client.HTTPResponse:
-    """One HTTPS request from the loopback address `source`, trusting the server's CA."""
+    """One HTTPS request from the loopback address `source`, trusting the server's CA, with
+    `body` as JSON or `data` as it is."""
     host, port = server.uri.removeprefix("https://").split(":")
     context = ssl.create_default_context(cafile=str(server.ca_file))
     connection = http.client.HTTPSConnection(
@@ -53,9 +56,10 @@ def call(
     if auth:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         all_headers["Authorization"] = f"Basic {token}"
-    connection.request(method, path, body=json.dumps(body) if body else None, headers=all_headers)
+    payload = json.dumps(body) if body else data
+    connection.request(method, path, body=payload, headers=all_headers)
     response = connection.getresponse()
-    response.read()
+    response.content = response.read()
     connection.close()
     return response
 
@@ -117,7 +121,9 @@ def test_artifact_locations_outside_the_store_are_refused_even_for_the_admin(
     server_env: dict[str, str], location: str
 ) -> None:
     client = MlflowClient()
-    with pytest.raises(MlflowException, match="outside the server's artifact store"):
+    # MLflow refuses a host-addressed mlflow-artifacts URI itself; the store refuses the rest.
+    refused = "outside the server's artifact store|addresses a host other than"
+    with pytest.raises(MlflowException, match=refused):
         client.create_experiment(server_env["MLFLOW_EXPERIMENT_NAME"], artifact_location=location)
     assert client.get_experiment_by_name(server_env["MLFLOW_EXPERIMENT_NAME"]) is None
 
@@ -213,35 +219,75 @@ def test_the_entrypoint_refuses_weak_configurations(
     assert message in result.stderr
 
 
-def through_guard(guard_options: dict, body: dict) -> tuple[int, bytes | None]:
-    """An experiment creation sent through the guard to an app that records what it got."""
+class RecordingStore:
+    """A tracking store's `create_experiment`, recording what reaches it."""
+
+    def __init__(self) -> None:
+        self.created: list[tuple] = []
+
+    def create_experiment(self, name, artifact_location=None, tags=None):
+        self.created.append((name, artifact_location, tags))
+        return "1"
+
+
+def test_the_store_refuses_locations_outside_it_and_passes_the_rest() -> None:
+    store = RecordingStore()
+    confine(store)
+    outside = ["file:///srv/shared", "mlflow-artifacts:/a/%2E%2E/%2e%2e/x", "mlflow-artifacts:x",
+               "mlflow-artifacts:/x?y=1", "mlflow-artifacts:/a\\..\\x"]  # fmt: skip
+    for location in outside:
+        with pytest.raises(MlflowException, match="outside the server's artifact store"):
+            store.create_experiment("outside", location)
+    for location in (None, "", "mlflow-artifacts:/team/x"):
+        store.create_experiment("inside", location)
+    assert [created[1] for created in store.created] == [None, "", "mlflow-artifacts:/team/x"]
+
+
+def through_guard(method: str, path: str, chunks: list[bytes], declared: int | None) -> tuple:
+    """A request sent through the guard (caps of 10 bytes, 100 for uploads) to an app that
+    reads its body chunk by chunk; returns the status and the bytes the app received."""
     received: list[bytes] = []
     statuses: list[int] = []
+    messages = [
+        {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
+        for i, chunk in enumerate(chunks)
+    ]
 
     async def app(scope, receive, send) -> None:
-        received.append((await receive())["body"])
+        more = True
+        while more:
+            message = await receive()
+            received.append(message["body"])
+            more = message["more_body"]
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
     async def receive() -> dict:
-        return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
+        return messages.pop(0)
 
     async def send(message: dict) -> None:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
 
-    scope = {
-        "type": "http", "method": "POST", "path": "/api/2.0/mlflow/experiments/create",
-        "headers": [], "client": ("127.0.0.1", 50000),
-    }  # fmt: skip
-    asyncio.run(Guard(app, origins=[], **guard_options)(scope, receive, send))
-    return statuses[0], received[0] if received else None
+    headers = [(b"content-length", str(declared).encode())] if declared is not None else []
+    scope = {"type": "http", "method": method, "path": path, "headers": headers,
+             "client": ("127.0.0.1", 50000)}  # fmt: skip
+    guard = Guard(app, origins=[], max_body_bytes=10, max_upload_bytes=100)
+    asyncio.run(guard(scope, receive, send))
+    return statuses[0], b"".join(received)
 
 
-def test_the_operator_can_let_users_choose_artifact_locations(tmp_path: Path) -> None:
-    body = {"name": "outside", "artifact_location": "file:///srv/shared"}
-    state = str(tmp_path / "throttle.sqlite")
-    assert through_guard({"state_path": state}, body) == (400, None)
-    # Turned off, the request reaches MLflow as it was sent.
-    allowed = through_guard({"state_path": state, "confine_artifacts": False}, body)
-    assert allowed == (200, json.dumps(body).encode())
+UPLOAD = "/api/2.0/mlflow-artifacts/artifacts/1/run/artifacts/model.pt"
+
+
+def test_bodies_are_capped_by_route_declared_or_streamed() -> None:
+    api = "/api/2.0/mlflow/experiments/create"
+    assert through_guard("POST", api, [b"x" * 10], 10) == (200, b"x" * 10)
+    assert through_guard("POST", api, [b"x" * 11], 11) == (413, b"")
+    # Chunked: the app sees the chunks up to the cap, never the rest.
+    assert through_guard("POST", api, [b"x" * 6] * 5, None) == (413, b"x" * 6)
+    assert through_guard("PUT", UPLOAD, [b"x" * 60], 60) == (200, b"x" * 60)
+    assert through_guard("PUT", UPLOAD, [b"x" * 60] * 2, None) == (413, b"x" * 60)
+    assert through_guard("PUT", UPLOAD, [], 101) == (413, b"")
+    # Only uploads get the upload cap.
+    assert through_guard("POST", UPLOAD, [b"x" * 60], 60) == (413, b"")

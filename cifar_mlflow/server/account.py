@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,21 +61,6 @@ def service_account() -> Account:
             ) from None
         entry = pwd.getpwnam(SERVICE_USER)
     return Account(entry.pw_name, entry.pw_uid, entry.pw_gid)
-
-
-def server_python(account: Account) -> Path:
-    """The interpreter that runs `mlflow server`: `CIFAR_MLFLOW_SERVER_PYTHON`, else this one,
-    provided `account` may run it (an interpreter under /root is out of its reach)."""
-    python = Path(os.environ.get("CIFAR_MLFLOW_SERVER_PYTHON") or sys.executable)
-    probe = subprocess.run(
-        [*account.switch, str(python), "-c", "import mlflow.server.auth"], capture_output=True
-    )
-    if probe.returncode != 0:
-        raise ServerError(
-            f"the {account.name} user cannot run {python} with mlflow[auth]; point "
-            "CIFAR_MLFLOW_SERVER_PYTHON at an environment it can run (docs/team-server.md)"
-        )
-    return python
 
 
 def hand_over(data_dir: Path, account: Account) -> None:

@@ -8,7 +8,7 @@ A backup is a folder (0700, files 0600) of four files:
                                     passwords, and `server start` keeps printing the admin's
 
 It holds every password, so it must never land where git or a Docker build context could pick
-it up: a folder inside the checkout is refused.
+it up: a folder inside a git work tree is refused.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 
 from cifar_mlflow.server.account import hand_over, service_account
 from cifar_mlflow.server.launcher import ensure_secrets
+from cifar_mlflow.server.places import refuse_inside_work_tree
 from cifar_mlflow.server.postgres import DB_USER, HOST, Postgres, ServerError
 
-CHECKOUT = Path(__file__).resolve().parents[2]
 DATABASES = ("mlflow", "mlflow_auth")
 ARCHIVES = ("artifacts", "secrets")
 
@@ -30,7 +30,7 @@ ARCHIVES = ("artifacts", "secrets")
 def backup(data_dir: Path, target: Path) -> None:
     """Copy the databases, artifacts and secrets of the server running from `data_dir`."""
     data_dir, target = data_dir.resolve(), target.resolve()
-    _refuse_inside_checkout(target)
+    refuse_inside_work_tree(target, "the backup folder")
     state_file = data_dir / "server.json"
     if not state_file.exists():
         raise ServerError(f"no server is running from {data_dir}; start it to back it up")
@@ -39,8 +39,7 @@ def backup(data_dir: Path, target: Path) -> None:
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
     target.chmod(0o700)
     port = json.loads(state_file.read_text())["postgres_port"]
-    postgres = Postgres(data_dir, (data_dir / "secrets" / "postgres_password").read_text(),
-                        service_account())  # fmt: skip
+    postgres = Postgres(data_dir, service_account())
     for database in DATABASES:
         dump = target / f"{database}.dump"
         _private(dump)
@@ -59,6 +58,7 @@ def restore(data_dir: Path, source: Path) -> None:
     """Rebuild a data folder from a backup; `server start` on it then serves what was backed
     up. The folder must not hold a server yet."""
     data_dir, source = data_dir.resolve(), source.resolve()
+    refuse_inside_work_tree(data_dir, "the data folder")
     missing = [
         name
         for name in (*(f"{d}.dump" for d in DATABASES), *(f"{a}.tar.gz" for a in ARCHIVES))
@@ -75,11 +75,11 @@ def restore(data_dir: Path, source: Path) -> None:
         folder.mkdir(mode=0o700)
         with tarfile.open(source / f"{name}.tar.gz") as tar:
             tar.extractall(folder, filter="data")
-    secret_files = ensure_secrets(data_dir)
+    ensure_secrets(data_dir)
     # The admin exists in the restored users: it is never created again.
     (data_dir / "secrets" / ".admin-created").touch(mode=0o600)
     hand_over(data_dir, account)
-    postgres = Postgres(data_dir, secret_files["postgres_password"].read_text(), account)
+    postgres = Postgres(data_dir, account)
     postgres.start()
     try:
         for database in DATABASES:
@@ -90,14 +90,6 @@ def restore(data_dir: Path, source: Path) -> None:
             )  # fmt: skip
     finally:
         postgres.stop()
-
-
-def _refuse_inside_checkout(target: Path) -> None:
-    if target.is_relative_to(CHECKOUT):
-        raise ServerError(
-            f"{target} is inside the checkout {CHECKOUT}, where git or a Docker build could "
-            "pick up its passwords; back up to a folder outside it"
-        )
 
 
 def _private(path: Path) -> None:

@@ -11,6 +11,7 @@ import click
 from cifar_mlflow.console import Group
 from cifar_mlflow.server.backup import backup, restore
 from cifar_mlflow.server.launcher import start, stop
+from cifar_mlflow.server.places import refuse_inside_work_tree
 from cifar_mlflow.server.tls import CertificateFiles, ensure_certificate
 
 
@@ -123,7 +124,8 @@ def restore_command(data_dir: Path, source: Path) -> None:
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="Folder for server.pem, server-key.pem and ca.pem (the compose file's SECRETS_DIR).",
+    help="Folder for server.pem, server-key.pem and ca.pem (the compose file's SECRETS_DIR), "
+    "outside any git work tree.",
 )
 @click.option(
     "--host",
@@ -133,5 +135,6 @@ def restore_command(data_dir: Path, source: Path) -> None:
 )
 def certificate_command(out: Path, hosts: tuple[str, ...]) -> None:
     """Generate a CA and a server certificate signed by it, for the Docker deployment."""
+    refuse_inside_work_tree(out, "the certificate folder")
     files = ensure_certificate(out, [*hosts, "mlflow"])
     click.echo(f"Wrote {files.cert}, {files.key} and {files.ca} (clients trust {files.ca})")

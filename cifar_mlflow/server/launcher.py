@@ -12,9 +12,15 @@ and starting on it keeps every run:
     artifacts/       the proxied artifact store
     secrets/         one 0600 file per generated secret, reused by every start
     tls/             the generated CA and server certificate (0600)
+    server/          a copy of docker/'s entrypoint and guard, made on every start, so that
+                     the service account needs no access to the checkout
+    tmp/             the server's temporary files
     basic_auth.ini   written by mlflow-server.sh on every start
-    postgres.log, mlflow.log
+    postgres.log, mlflow.log (rotated: mlflow.log.1, ...)
     server.json      pid and ports of the running server, absent once stopped
+
+The server's processes get an environment built here, not the caller's: no password reaches
+them (the admin's is read from its file by a process that only creates the admin).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import socket
 import ssl
 import subprocess
@@ -34,19 +41,22 @@ from pathlib import Path
 import psutil
 
 from cifar_mlflow.reachability import healthy
-from cifar_mlflow.server.account import (
-    Account,
-    hand_over,
-    server_python,
-    service_account,
-    write_private,
-)
-from cifar_mlflow.server.postgres import DB_USER, HOST, Postgres, ServerError
+from cifar_mlflow.server.account import Account, hand_over, service_account, write_private
+from cifar_mlflow.server.interpreter import server_python
+from cifar_mlflow.server.places import refuse_inside_work_tree
+from cifar_mlflow.server.postgres import DB_USER, HOST, PROGRAM_ENV, Postgres, ServerError
 from cifar_mlflow.server.tls import CertificateFiles, ensure_certificate, install_certificate
 
-SERVER_SCRIPT = Path(__file__).resolve().parents[2] / "docker" / "mlflow-server.sh"
+DOCKER_DIR = Path(__file__).resolve().parents[2] / "docker"
+SERVER_SCRIPT = DOCKER_DIR / "mlflow-server.sh"
+SERVER_FILES = ("mlflow-server.sh", "secrets.sh", "rotating_log.py", "guard")
 ADMIN_USERNAME = "admin"
-SECRET_NAMES = ("postgres_password", "admin_password", "flask_secret_key")
+SECRET_NAMES = (
+    "postgres_password",
+    "postgres_superuser_password",
+    "admin_password",
+    "flask_secret_key",
+)
 # Two uvicorn workers serve one person or a test session; the image keeps MLflow's four.
 WORKERS = 2
 START_TIMEOUT_S = 120.0
@@ -102,6 +112,7 @@ def start(
     Returns once the server answers; both keep running after this process exits.
     """
     data_dir = data_dir.resolve()
+    refuse_inside_work_tree(data_dir, "the data folder")
     state_file = data_dir / "server.json"
     if state_file.exists():
         state = json.loads(state_file.read_text())
@@ -113,6 +124,7 @@ def start(
         state_file.unlink()
     _ensure_port_free(port)
     account = service_account()
+    python = server_python(account)
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret_files = ensure_secrets(data_dir)
     certificate = (
@@ -120,12 +132,16 @@ def start(
         if operator_certificate
         else ensure_certificate(data_dir / "tls", [])
     )
-    (data_dir / "artifacts").mkdir(mode=0o700, exist_ok=True)
+    for folder in ("artifacts", "tmp"):
+        (data_dir / folder).mkdir(mode=0o700, exist_ok=True)
+    _copy_server_files(data_dir / "server")
     hand_over(data_dir, account)
-    postgres = Postgres(data_dir, secret_files["postgres_password"].read_text(), account)
+    postgres = Postgres(data_dir, account)
     try:
         postgres.start()
-        return _start_mlflow(data_dir, port, postgres.port, secret_files, certificate, account)
+        return _start_mlflow(
+            data_dir, port, postgres.port, secret_files, certificate, account, python
+        )
     except BaseException:
         postgres.stop()
         raise
@@ -135,7 +151,7 @@ def stop(data_dir: Path) -> None:
     """Stop the server started from `data_dir`, then its PostgreSQL cluster."""
     data_dir = data_dir.resolve()
     state_file = data_dir / "server.json"
-    postgres = Postgres(data_dir, password="", account=service_account())
+    postgres = Postgres(data_dir, service_account())
     if not state_file.exists() and not postgres.running():
         raise ServerError(f"no server is running from {data_dir}")
     if state_file.exists():
@@ -157,20 +173,38 @@ def ensure_secrets(data_dir: Path) -> dict[str, Path]:
     return files
 
 
-def _start_mlflow(
+def _copy_server_files(target: Path) -> None:
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(mode=0o700)
+    for name in SERVER_FILES:
+        source = DOCKER_DIR / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, target / name)
+    for root, folders, files in os.walk(target):
+        for folder in folders:
+            Path(root, folder).chmod(0o700)
+        for file in files:
+            Path(root, file).chmod(0o600)
+
+
+def _server_env(
     data_dir: Path,
     port: int,
     postgres_port: int,
     secret_files: dict[str, Path],
     certificate: CertificateFiles,
-    account: Account,
-) -> TrackingServer:
-    admin_created = data_dir / "secrets" / ".admin-created"
+    python: Path,
+) -> dict[str, str]:
+    """The entrypoint's whole environment: settings and the names of secret files only."""
     env = {
-        **os.environ,
+        **PROGRAM_ENV,
         # `python` must be the server's interpreter, not any on PATH.
-        "PATH": f"{server_python(account).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": f"{python.parent}{os.pathsep}{PROGRAM_ENV['PATH']}",
         "HOME": str(data_dir),
+        "TMPDIR": str(data_dir / "tmp"),
+        "MLFLOW_LOG_FILE": str(data_dir / "mlflow.log"),
         "POSTGRES_HOST": HOST,
         "POSTGRES_PORT": str(postgres_port),
         "POSTGRES_USER": DB_USER,
@@ -187,20 +221,33 @@ def _start_mlflow(
         "MLFLOW_TLS_KEY_FILE": str(certificate.key),
         "CIFAR_GUARD_STATE": str(data_dir / "login-throttle.sqlite"),
     }
-    for name in ("MLFLOW_AUTH_ADMIN_PASSWORD", "POSTGRES_PASSWORD", "PGPASSWORD"):
-        env.pop(name, None)
-    # The admin password reaches the server only to create the admin, on the first start.
-    if not admin_created.exists():
+    # The admin password's file reaches the server only to create the admin, on the first start.
+    if not (data_dir / "secrets" / ".admin-created").exists():
         env["MLFLOW_AUTH_ADMIN_PASSWORD_FILE"] = str(secret_files["admin_password"])
+    return env
+
+
+def _start_mlflow(
+    data_dir: Path,
+    port: int,
+    postgres_port: int,
+    secret_files: dict[str, Path],
+    certificate: CertificateFiles,
+    account: Account,
+    python: Path,
+) -> TrackingServer:
+    admin_created = data_dir / "secrets" / ".admin-created"
     log_path = data_dir / "mlflow.log"
+    env = _server_env(data_dir, port, postgres_port, secret_files, certificate, python)
     if not log_path.exists():
         write_private(log_path, "")
         os.chown(log_path, account.uid, account.gid)
+    # The entrypoint's own errors land in the log directly; the server's output is rotated.
     with log_path.open("ab") as log:
         # A session of its own keeps the server alive after this process and out of reach of a
         # Ctrl-C meant for the caller's terminal.
         process = subprocess.Popen(
-            ["bash", str(SERVER_SCRIPT)],
+            ["bash", str(data_dir / "server" / "mlflow-server.sh")],
             cwd=data_dir,
             env=env,
             stdin=subprocess.DEVNULL,
