@@ -5,39 +5,39 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 import click
 
 from cifar_mlflow import schema
-from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.config import TrainConfig, settings
 from cifar_mlflow.console import Group
 from cifar_mlflow.errors import UserError
 from cifar_mlflow.server.cli import server
 
 
 def training_options(command: Callable) -> Callable:
-    """One option per `TrainConfig` field, `--data-dir` style, `--data_dir` accepted too.
+    """One option per training option (`settings()`: the config's fields and the registered
+    models' options), `--data-dir` style, `--data_dir` accepted too.
 
     `mlflow run` passes undeclared `-P` names spelled as given (`--patch_size`), hence both.
     Values stay text until `TrainConfig.from_overrides` parses and validates them in one place.
     """
-    for field in reversed(fields(TrainConfig)):
-        names = [f"--{field.name.replace('_', '-')}"]
-        if "_" in field.name:
-            names.append(f"--{field.name}")
-        default = field.default if field.default is not MISSING else None
+    for setting in reversed(settings()):
+        names = [f"--{setting.name.replace('_', '-')}"]
+        if "_" in setting.name:
+            names.append(f"--{setting.name}")
+        default = setting.default
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         # `--compile` alone means true; `--compile false` is what `mlflow run` passes.
-        switch = {"flag_value": "true", "is_flag": False} if isinstance(default, bool) else {}
+        switch = {"flag_value": "true", "is_flag": False} if setting.kind is bool else {}
         command = click.option(
             *names,
-            field.name,
+            setting.name,
             default=None,
             metavar="VALUE",
-            help=f"{field.metadata['help']} [default: {shown}]",
+            help=f"{setting.help} [default: {shown}]",
             **switch,
         )(command)
     return command

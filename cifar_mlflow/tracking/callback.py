@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -124,7 +125,7 @@ class MlflowCallback(Callback):
             (Path(folder) / schema.CONFIG_ARTIFACT).write_text(json.dumps(config, indent=2))
             figure_path = Path(folder) / schema.WEIGHTS_FIGURE_ARTIFACT
             figure_path.parent.mkdir(parents=True, exist_ok=True)
-            weights_figure(model).savefig(figure_path)
+            weights_figure(model, self.config.model).savefig(figure_path)
             MlflowClient().log_artifacts(self.run.info.run_id, folder)
         arrays = self._description_args[0]
         example = np.ascontiguousarray(arrays.test_images[:INPUT_EXAMPLE_IMAGES])
@@ -171,7 +172,9 @@ def log_model(
         params=dict(params),
         experiment_id=run.info.experiment_id,
     )
-    with classes_pickled_by_value(cifar_mlflow):
+    # A model registered from outside the package (CIFAR_MLFLOW_MODELS) goes by value too.
+    defining = sys.modules[type(model).__module__.partition(".")[0]]
+    with classes_pickled_by_value(cifar_mlflow), classes_pickled_by_value(defining):
         mlflow.pyfunc.log_model(
             name=schema.MODEL_NAME,
             python_model=classifier,
