@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from cifar_mlflow import cli, engine, environment
-from cifar_mlflow.config import MODELS, TrainConfig
+from cifar_mlflow.config import TrainConfig, model_names
 from cifar_mlflow.models import build_model
 from tests.test_engine import small_config, tiny_data
 
@@ -97,7 +97,7 @@ def test_deterministic_turns_autotuning_off_and_deterministic_kernels_on(
     assert not torch.are_deterministic_algorithms_enabled()
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", model_names())
 def test_no_model_holds_a_module_without_a_deterministic_cuda_backward(model: str) -> None:
     modules = build_model(TrainConfig(model=model), 10).modules()
     assert not [type(m).__name__ for m in modules if isinstance(m, NONDETERMINISTIC_ON_CUDA)]
