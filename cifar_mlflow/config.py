@@ -42,7 +42,8 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run. Field order is the order of the CLI options and the logged params."""
+    """One training run. Field order, with `options` expanded in its place (`settings()`), is
+    the order of the CLI options and the logged params."""
 
     model: str = field(default="mlp", metadata=_help("Model: {models}."))
     dataset: str = field(
