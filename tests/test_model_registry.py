@@ -116,6 +116,19 @@ def test_an_extra_module_that_cannot_be_imported_is_one_line(
     assert "missing.py" in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_the_command_line_says_so_in_one_line() -> None:
+    process = subprocess.run(
+        [sys.executable, "-m", "cifar_mlflow", "train", "--help"],
+        env={"PATH": "", registry.EXTRA_MODELS_VARIABLE: "no_such_models_module"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode == 2
+    assert process.stderr.startswith("Error: CIFAR_MLFLOW_MODELS: cannot import")
+    assert process.stderr.count("\n") == 1
+
+
 @pytest.mark.parametrize("entry", ["tests.tiny_cnn_model", "tests/tiny_cnn_model.py"])
 def test_an_extra_module_by_name_or_file_joins_the_cli(entry: str) -> None:
     """The CLI's options are the registry's: the extra model and its option are in `--help`."""
