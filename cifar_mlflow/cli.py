@@ -11,40 +11,11 @@ from typing import Any
 import click
 
 from cifar_mlflow import schema
-from cifar_mlflow.config import TrainConfig, settings
+from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.console import Group
 from cifar_mlflow.errors import UserError
 from cifar_mlflow.server.cli import server
-
-
-def training_options(command: Callable) -> Callable:
-    """One option per training option (`settings()`: the config's fields and the registered
-    models' options), `--data-dir` style, `--data_dir` accepted too.
-
-    `mlflow run` passes undeclared `-P` names spelled as given (`--patch_size`), hence both.
-    Values stay text until `TrainConfig.from_overrides` parses and validates them in one place.
-    """
-    for setting in reversed(settings()):
-        names = [f"--{setting.name.replace('_', '-')}"]
-        if "_" in setting.name:
-            names.append(f"--{setting.name}")
-        default = setting.default
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        # `--compile` alone means true; `--compile false` is what `mlflow run` passes.
-        switch = {"flag_value": "true", "is_flag": False} if setting.kind is bool else {}
-        command = click.option(
-            *names,
-            setting.name,
-            default=None,
-            metavar="VALUE",
-            help=f"{setting.help} [default: {shown}]",
-            **switch,
-        )(command)
-    return command
-
-
-def overrides_from(options: dict[str, Any]) -> dict[str, str]:
-    return {name: value for name, value in options.items() if value is not None}
+from cifar_mlflow.training_options import TrainingCommand, overrides_from
 
 
 def experiment_option(command: Callable) -> Callable:
@@ -88,8 +59,7 @@ def cli() -> None:
     """Train and compare CIFAR-10 models, tracked in MLflow."""
 
 
-@cli.command()
-@training_options
+@cli.command(cls=TrainingCommand)
 @experiment_option
 @click.option(
     "--study", default=schema.NO_STUDY, show_default=True, help="Value of the run's `study` tag."
@@ -139,7 +109,7 @@ def train(experiment: str, study: str, resume: str | None, **options: Any) -> No
     click.echo(f"Finished {run.info.run_name}: {run_link(run.info.experiment_id, run.info.run_id)}")
 
 
-@cli.command()
+@cli.command(cls=TrainingCommand)
 @click.option(
     "--study",
     required=True,
@@ -195,7 +165,6 @@ def train(experiment: str, study: str, resume: str | None, **options: Any) -> No
     help="Register the best trial as cifar10-<study>@champion if it beats the champion.",
 )
 @click.option("--no-register", is_flag=True, help="The same as --register false.")
-@training_options
 @experiment_option
 @fails_launcher_run
 def sweep(

@@ -15,9 +15,10 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from cifar_mlflow import cli, engine, environment
+from cifar_mlflow import engine, environment
 from cifar_mlflow.config import TrainConfig, model_names
 from cifar_mlflow.models import build_model
+from cifar_mlflow.training_options import TrainingCommand, overrides_from
 from tests.test_engine import small_config, tiny_data
 
 V100, T4, A100, H100 = (7, 0), (7, 5), (8, 0), (9, 0)
@@ -130,12 +131,13 @@ def test_compile_and_deterministic_are_switches_that_also_take_a_value(
 ) -> None:
     seen = []
 
-    @cli.training_options
     def command(**options: str) -> None:
-        config = TrainConfig.from_overrides(cli.overrides_from(options))
+        config = TrainConfig.from_overrides(overrides_from(options))
         seen.append((config.compile, config.deterministic))
 
-    result = CliRunner().invoke(click.command()(command), [*args, "--epochs", "1"])
+    result = CliRunner().invoke(
+        click.command(cls=TrainingCommand)(command), [*args, "--epochs", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert seen == [expected]
 

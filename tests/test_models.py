@@ -12,7 +12,10 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.models import MLP, MlpMixer, ResNet18, build_model, count_parameters
+from cifar_mlflow.models import build_model, count_parameters
+from cifar_mlflow.models.mixer import MlpMixer
+from cifar_mlflow.models.mlp import MLP
+from cifar_mlflow.models.resnet import ResNet18
 from cifar_mlflow.weights import weights_figure
 
 IMAGE = 32

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from torch import nn
-
 from cifar_mlflow.models.registry import model_spec
 
-# Importing a model's module registers it; the CLI lists the models in this order.
-# isort: off
-from cifar_mlflow.models.mlp import MLP
-from cifar_mlflow.models.resnet import ResNet18
-from cifar_mlflow.models.mixer import MlpMixer
-
-# isort: on
-
 if TYPE_CHECKING:
+    from torch import nn
+
     from cifar_mlflow.config import TrainConfig
 
 
@@ -28,6 +20,3 @@ def build_model(config: TrainConfig, num_classes: int = 10) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-__all__ = ["MLP", "MlpMixer", "ResNet18", "build_model", "count_parameters"]

@@ -15,8 +15,9 @@ The configuration's validation, the CLI options, MLproject's parameters, run nam
 `unused_params` tag, the weight figure and how the model runs are read from here.
 
 Models defined outside the package are named in the environment variable
-`CIFAR_MLFLOW_MODELS` (module names or .py files, separated like PATH), imported before the
-first look-up, so every command (`train`, `sweep`, `mlflow run`, Ray workers) sees them.
+`CIFAR_MLFLOW_MODELS` (module names or .py files, separated like PATH), imported at the
+first look-up like the package's own, so every command (`train`, `sweep`, `mlflow run`, Ray
+workers) sees them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ from typing import Any
 
 from cifar_mlflow.errors import UserError
 
+# The models of the package, imported (with torch) at the first look-up; listed in this order.
+BUILTIN_MODULES = (
+    "cifar_mlflow.models.mlp",
+    "cifar_mlflow.models.resnet",
+    "cifar_mlflow.models.mixer",
+)
 EXTRA_MODELS_VARIABLE = "CIFAR_MLFLOW_MODELS"
 OPTION_KINDS = (tuple, bool, int, float, str)  # tuple = a comma-separated list of integers
 # On a CPU, 128 images keep the activations of a convolutional model in cache (ResNet18 and the
@@ -144,9 +151,16 @@ def add(spec: ModelSpec) -> None:
 
 
 def model_specs() -> tuple[ModelSpec, ...]:
-    """Every registered model, built-in first, in the order they were registered."""
+    """Every registered model: the package's in their order, then the others as registered."""
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
     load_extra_models()
-    return tuple(_MODELS.values())
+    return tuple(sorted(_MODELS.values(), key=_builtin_rank))  # stable: the others keep theirs
+
+
+def _builtin_rank(spec: ModelSpec) -> int:
+    module = spec.build.__module__
+    return BUILTIN_MODULES.index(module) if module in BUILTIN_MODULES else len(BUILTIN_MODULES)
 
 
 def model_spec(name: str) -> ModelSpec:
