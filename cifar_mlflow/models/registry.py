@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from cifar_mlflow.errors import UserError
@@ -115,6 +116,7 @@ class ModelSpec:
 
 _MODELS: dict[str, ModelSpec] = {}
 _extras_loaded = False
+_extra_modules: list[ModuleType] = []
 
 
 def register_model(
@@ -193,9 +195,20 @@ def load_extra_models() -> None:
             ) from None
 
 
+def extra_modules() -> tuple[ModuleType, ...]:
+    """The modules (or their top-level packages) CIFAR_MLFLOW_MODELS named.
+
+    A logged model carries their code (`tracking.callback.log_model`): where it is served,
+    they are not installed.
+    """
+    load_extra_models()
+    return tuple(_extra_modules)
+
+
 def _import(entry: str) -> None:
     if not entry.endswith(".py"):
         importlib.import_module(entry)
+        _extra_modules.append(sys.modules[entry.partition(".")[0]])
         return
     path = Path(entry).expanduser().resolve()
     spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -205,3 +218,4 @@ def _import(entry: str) -> None:
     # In sys.modules, so that pickles (Ray, the logged model) can name the module.
     sys.modules[path.stem] = module
     spec.loader.exec_module(module)
+    _extra_modules.append(module)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +27,7 @@ from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import CifarArrays
 from cifar_mlflow.engine import Callback
 from cifar_mlflow.environment import Environment
+from cifar_mlflow.models.registry import extra_modules
 from cifar_mlflow.schema import EpochMetrics, FinalMetrics
 from cifar_mlflow.tracking.runs import record_run_description
 from cifar_mlflow.weights import weights_figure
@@ -172,9 +172,10 @@ def log_model(
         params=dict(params),
         experiment_id=run.info.experiment_id,
     )
-    # A model registered from outside the package (CIFAR_MLFLOW_MODELS) goes by value too.
-    defining = sys.modules[type(model).__module__.partition(".")[0]]
-    with classes_pickled_by_value(cifar_mlflow), classes_pickled_by_value(defining):
+    with contextlib.ExitStack() as by_value:
+        # Models registered from outside the package (CIFAR_MLFLOW_MODELS) go by value too.
+        for package in (cifar_mlflow, *extra_modules()):
+            by_value.enter_context(classes_pickled_by_value(package))
         mlflow.pyfunc.log_model(
             name=schema.MODEL_NAME,
             python_model=classifier,
