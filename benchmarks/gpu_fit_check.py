@@ -22,7 +22,7 @@ import torch
 
 from cifar_mlflow import data, engine, environment
 from cifar_mlflow.checkpoint import load_checkpoint
-from cifar_mlflow.config import MODELS, TrainConfig
+from cifar_mlflow.config import TrainConfig, model_names
 
 
 class Curves(engine.Callback):
@@ -67,7 +67,7 @@ def check(config: TrainConfig, arrays: data.CifarArrays, tmp: Path) -> None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--device", default="cuda", show_default=True, help="auto | cpu | cuda | mps.")
-@click.option("--models", default=",".join(MODELS), show_default=True)
+@click.option("--models", default=",".join(model_names()), show_default=True)
 @click.option("--epochs", default=2, show_default=True)
 @click.option("--train-size", default=0, show_default=True, help="0 = the synthetic set's.")
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels (`--deterministic`).")

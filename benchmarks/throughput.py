@@ -318,15 +318,17 @@ def bench_model(
     precision: str,
 ) -> list[Row]:
     """Both loops on `arrays`: warm-ups, then `repeats` interleaved timed passes of each."""
-    config = TrainConfig(
-        model=name,
-        dataset="synthetic",
-        train_size=train_images,
-        patch_size=4,
-        batch_size=BATCH_SIZE,
-        device=device,
-        precision=precision,
-        compile=compile,
+    config = TrainConfig.from_overrides(
+        {
+            "model": name,
+            "dataset": "synthetic",
+            "train_size": train_images,
+            "patch_size": 4,
+            "batch_size": BATCH_SIZE,
+            "device": device,
+            "precision": precision,
+            "compile": compile,
+        }
     )
     env = environment.environment_for(config)
     splits = data.to_device(arrays, config, env.device, env.memory_format)

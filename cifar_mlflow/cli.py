@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -15,35 +14,7 @@ from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.console import Group, hint_when_interrupted
 from cifar_mlflow.errors import OptionError, UserError
 from cifar_mlflow.server.cli import server
-
-
-def training_options(command: Callable) -> Callable:
-    """One option per `TrainConfig` field, `--data-dir` style, `--data_dir` accepted too.
-
-    `mlflow run` passes undeclared `-P` names spelled as given (`--patch_size`), hence both.
-    Values stay text until `TrainConfig.from_overrides` parses and validates them in one place.
-    """
-    for field in reversed(fields(TrainConfig)):
-        names = [f"--{field.name.replace('_', '-')}"]
-        if "_" in field.name:
-            names.append(f"--{field.name}")
-        default = field.default if field.default is not MISSING else None
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        # `--compile` alone means true; `--compile false` is what `mlflow run` passes.
-        switch = {"flag_value": "true", "is_flag": False} if isinstance(default, bool) else {}
-        command = click.option(
-            *names,
-            field.name,
-            default=None,
-            metavar="VALUE",
-            help=f"{field.metadata['help']} [default: {shown}]",
-            **switch,
-        )(command)
-    return command
-
-
-def overrides_from(options: dict[str, Any]) -> dict[str, str]:
-    return {name: value for name, value in options.items() if value is not None}
+from cifar_mlflow.training_options import TrainingCommand, overrides_from
 
 
 def experiment_option(command: Callable) -> Callable:
@@ -83,8 +54,7 @@ def cli() -> None:
     """Train and compare CIFAR-10 models, tracked in MLflow."""
 
 
-@cli.command()
-@training_options
+@cli.command(cls=TrainingCommand)
 @experiment_option
 @click.option(
     "--study", default=schema.NO_STUDY, show_default=True, help="Value of the run's `study` tag."
@@ -134,7 +104,7 @@ def train(experiment: str, study: str, resume: str | None, **options: Any) -> No
     click.echo(f"Finished {run.info.run_name}: {run_link(run.info.experiment_id, run.info.run_id)}")
 
 
-@cli.command()
+@cli.command(cls=TrainingCommand)
 @click.option(
     "--study",
     required=True,
@@ -190,7 +160,6 @@ def train(experiment: str, study: str, resume: str | None, **options: Any) -> No
     help="Register the best trial as cifar10-<study>@champion if it beats the champion.",
 )
 @click.option("--no-register", is_flag=True, help="The same as --register false.")
-@training_options
 @experiment_option
 @fails_launcher_run
 @hint_when_interrupted("the sweep is marked KILLED; run the same command again to continue it.")

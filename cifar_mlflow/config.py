@@ -3,7 +3,9 @@
 Everything inside the package trusts a `TrainConfig`: the CLI, the MLproject entry points and
 the study files all go through `TrainConfig.from_overrides`, which parses text values (as
 `mlflow run` and click deliver them) and fails with a one-line `ConfigError` that names the
-option and what is allowed.
+option and what is allowed. The options of the models (`hidden_sizes`, `patch_size`, ...) are
+those the registered models declare (`models.registry`); they live in `options` but are
+training options like the fields: `settings()` lists both, in the order of the CLI and params.
 """
 
 from __future__ import annotations
@@ -17,18 +19,17 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from cifar_mlflow.errors import UserError
+from cifar_mlflow.models.registry import Option, model_options, model_spec, model_specs
 
-MODELS = ("mlp", "resnet18", "mlpmixer")
 DATASETS = ("cifar10", "synthetic")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
-MLP_ACTIVATIONS = ("relu", "tanh", "sigmoid")
-MIXER_ACTIVATIONS = ("gelu", "relu")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
-IMAGE_SIZE = 32
 # How the same computation runs, not what it computes: a compiled trial reuses an eager one.
 HOW_IT_RUNS = ("deterministic", "compile")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+# The field that holds the registered models' options; each is a training option of its own.
+MODEL_OPTIONS = "options"
 
 
 class ConfigError(UserError):
@@ -41,9 +42,10 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run. Field order is the order of the CLI options and the logged params."""
+    """One training run. Field order, with `options` expanded in its place (`settings()`), is
+    the order of the CLI options and the logged params."""
 
-    model: str = field(default="mlp", metadata=_help(f"Model: {' | '.join(MODELS)}."))
+    model: str = field(default="mlp", metadata=_help("Model: {models}."))
     dataset: str = field(
         default="cifar10",
         metadata=_help("cifar10, or synthetic (generated offline stand-in in the same layout)."),
@@ -52,19 +54,8 @@ class TrainConfig:
     train_size: int = field(
         default=0, metadata=_help("Use only the first N images of the train split (0 = all).")
     )
-    activation: str = field(
-        default="relu", metadata=_help(f"MLP activation: {' | '.join(MLP_ACTIVATIONS)}.")
-    )
-    mixer_activation: str = field(
-        default="gelu", metadata=_help(f"MLP-Mixer activation: {' | '.join(MIXER_ACTIVATIONS)}.")
-    )
-    hidden_sizes: tuple[int, ...] = field(
-        default=(1024, 512, 64, 64), metadata=_help("MLP hidden sizes, comma-separated.")
-    )
-    patch_size: int = field(default=4, metadata=_help("MLP-Mixer patch size; must divide 32."))
-    embed_dim: int = field(default=256, metadata=_help("MLP-Mixer embedding width D."))
-    num_blocks: int = field(default=4, metadata=_help("MLP-Mixer number of blocks N."))
-    drop_rate: float = field(default=0.0, metadata=_help("MLP-Mixer dropout, in [0, 1)."))
+    # Every registered model's options by name (see `models.registry`); unset ones default.
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     optimizer: str = field(default="adamw", metadata=_help(f"{' | '.join(OPTIMIZERS)}."))
     lr: float = field(default=1e-3, metadata=_help("Learning rate, > 0."))
     momentum: float = field(
@@ -103,10 +94,9 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        _require_choice("model", self.model, MODELS)
+        _require_choice("model", self.model, model_names())
+        object.__setattr__(self, MODEL_OPTIONS, _checked_options(self.options))
         _require_choice("dataset", self.dataset, DATASETS)
-        _require_choice("activation", self.activation, MLP_ACTIVATIONS)
-        _require_choice("mixer_activation", self.mixer_activation, MIXER_ACTIVATIONS)
         _require_choice("optimizer", self.optimizer, OPTIMIZERS)
         _require_choice("device", self.device, DEVICES)
         _require_choice("precision", self.precision, PRECISIONS)
@@ -114,21 +104,6 @@ class TrainConfig:
             if not getattr(self, folder):
                 raise ConfigError(f"{folder} must be a folder path, got an empty value")
         _require(self.train_size >= 0, "train_size", self.train_size, "an integer >= 0")
-        _require(
-            len(self.hidden_sizes) >= 1 and all(size >= 1 for size in self.hidden_sizes),
-            "hidden_sizes",
-            ",".join(map(str, self.hidden_sizes)),
-            "a comma-separated list of integers >= 1, e.g. 1024,512,64,64",
-        )
-        _require(
-            self.patch_size >= 1 and IMAGE_SIZE % self.patch_size == 0,
-            "patch_size",
-            self.patch_size,
-            "a divisor of 32 (1, 2, 4, 8, 16, 32)",
-        )
-        _require(self.embed_dim >= 1, "embed_dim", self.embed_dim, "an integer >= 1")
-        _require(self.num_blocks >= 1, "num_blocks", self.num_blocks, "an integer >= 1")
-        _require(0.0 <= self.drop_rate < 1.0, "drop_rate", self.drop_rate, "a number in [0, 1)")
         _require(self.lr > 0, "lr", self.lr, "a number > 0")
         _require(0.0 <= self.momentum < 1.0, "momentum", self.momentum, "a number in [0, 1)")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
@@ -145,41 +120,44 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown option {unknown[0]!r}; allowed: {', '.join(types)}")
         parsed = {name: _parse(name, value, types[name]) for name, value in overrides.items()}
-        return dataclasses.replace(base or cls(), **parsed)
+        base = base or cls()
+        options = {name: parsed.pop(name) for name in list(parsed) if name in base.options}
+        return dataclasses.replace(base, **parsed, options={**base.options, **options})
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> TrainConfig:
-        """The configuration a run logged; params that are not fields (a sweep's) are skipped."""
-        names = {f.name for f in fields(cls)}
+        """The configuration a run logged; params that are not options (a sweep's) are skipped."""
+        names = field_types()
         return cls.from_overrides({k: v for k, v in params.items() if k in names})
+
+    def value(self, name: str) -> Any:
+        """The value of training option `name`, a field or a model's option."""
+        return self.options[name] if name in self.options else getattr(self, name)
 
     def to_params(self) -> dict[str, str]:
         """Flat string params, as logged to MLflow."""
-        return {f.name: _format(getattr(self, f.name)) for f in fields(self)}
+        return {setting.name: _format(self.value(setting.name)) for setting in settings()}
 
     def unused_fields(self) -> tuple[str, ...]:
-        """Fields that have no effect for this model and optimiser."""
-        unused = set()
-        if self.model != "mlp":
-            unused |= {"activation", "hidden_sizes"}
-        if self.model != "mlpmixer":
-            unused |= {"mixer_activation", "patch_size", "embed_dim", "num_blocks", "drop_rate"}
+        """Options that have no effect for this model and optimiser."""
+        unused = set(self.options) - set(model_spec(self.model).option_names)
         if self.optimizer == "sgd":
             unused.add("momentum")
-        return tuple(f.name for f in fields(self) if f.name in unused)
+        return tuple(setting.name for setting in settings() if setting.name in unused)
 
     def ignored_overrides(self) -> tuple[str, ...]:
-        """Unused fields set away from their default: asked for, but without effect."""
+        """Unused options set away from their default: asked for, but without effect."""
         default = TrainConfig()
         return tuple(
-            name for name in self.unused_fields() if getattr(self, name) != getattr(default, name)
+            name for name in self.unused_fields() if self.value(name) != default.value(name)
         )
 
     def trial_key(self) -> str:
         """Stable hash of everything that changes the result of training.
 
-        Fields without effect, the locations of folders and how the kernels run are left out,
-        so the same trial has the same key on every machine and whatever the unused options say.
+        Options without effect, the locations of folders and how the kernels run are left out,
+        so the same trial has the same key on every machine, whatever the unused options say
+        and whichever other models are registered.
         """
         skipped = {*self.unused_fields(), "data_dir", "checkpoint_dir", *HOW_IT_RUNS}
         relevant = {k: v for k, v in self.to_params().items() if k not in skipped}
@@ -187,19 +165,63 @@ class TrainConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def run_name(self) -> str:
-        """Readable run name: the model, what distinguishes it, the seed."""
-        setting = {
-            "mlp": f"act{self.activation}",
-            "resnet18": f"lr{_format(self.lr)}",
-            "mlpmixer": f"patch{self.patch_size}",
-        }[self.model]
+        """Readable run name: the model, what distinguishes it (its run-name key), the seed."""
+        setting = model_spec(self.model).run_name_key.format(**self.to_params())
         return f"{self.model}-{setting}-seed{self.seed}"
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One training option as the CLI, MLproject and the logged params spell it."""
+
+    name: str
+    kind: type  # tuple = a comma-separated list of integers
+    default: Any
+    help: str
+
+
+def model_names() -> tuple[str, ...]:
+    return tuple(spec.name for spec in model_specs())
+
+
+def settings() -> tuple[Setting, ...]:
+    """Every training option in order: the fields, with each registered model's options in
+    the place of `options`."""
+    kinds = {"int": int, "float": float, "str": str, "bool": bool}
+    found: list[Setting] = []
+    for f in fields(TrainConfig):
+        if f.name == MODEL_OPTIONS:
+            found += [_setting(option) for option in model_options()]
+        else:
+            text = f.metadata["help"].format(models=" | ".join(model_names()))
+            found.append(Setting(f.name, kinds[str(f.type)], f.default, text))
+    return tuple(found)
+
+
 def field_types() -> dict[str, type]:
-    """Each config field's element type, for parsing text overrides."""
-    hints = {"tuple[int, ...]": tuple, "int": int, "float": float, "str": str, "bool": bool}
-    return {f.name: hints[str(f.type)] for f in fields(TrainConfig)}
+    """Each training option's element type, for parsing text overrides."""
+    return {setting.name: setting.kind for setting in settings()}
+
+
+def _setting(option: Option) -> Setting:
+    return Setting(option.name, option.kind, option.default, option.described)
+
+
+def _checked_options(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every registered model's options: `given`, else the default; each value validated."""
+    declared = model_options()
+    clash = sorted({option.name for option in declared} & {f.name for f in fields(TrainConfig)})
+    if clash:
+        raise ValueError(f"a model declares option {clash[0]!r}, a field of every training run")
+    unknown = sorted(set(given) - {option.name for option in declared})
+    if unknown:
+        raise ConfigError(f"unknown model option {unknown[0]!r}")
+    values = {option.name: given.get(option.name, option.default) for option in declared}
+    for option in declared:
+        problem = option.problem(values[option.name])
+        if problem:
+            raise ConfigError(f"{option.name} {problem}")
+    return values
 
 
 def _parse(name: str, value: Any, kind: type) -> Any:

@@ -19,15 +19,13 @@ import torch
 from torch import nn
 
 from cifar_mlflow.config import ConfigError, TrainConfig
+from cifar_mlflow.models.registry import model_spec
 
 # Evaluation batch: large on a GPU, where a small model would otherwise wait on kernel launches.
-# On a CPU, 128 images keep the activations of ResNet18 and the Mixer in cache (their inference
-# measured 10-25 % slower at 1,000 on a 2-core EPYC); the MLP's activations are small at any size.
+# On a CPU a model may ask for a smaller one that keeps its activations in cache (its presets).
 EVAL_BATCH_SIZE = 1_000
 GPU_EVAL_BATCH_SIZE = 5_000  # the whole valid split in one forward pass
-CPU_CACHE_EVAL_BATCH_SIZE = 128
 GPU_AUGMENT_BATCHES = 64  # training batches augmented per call on a GPU: fewer, larger launches
-CONV_MODELS = ("resnet18", "mlpmixer")  # models whose first layer is a convolution
 # bf16 and TF32 tensor cores start with Ampere; `torch.cuda.is_bf16_supported()` also says yes
 # on a V100 or T4, which only emulate bf16 (slower than fp32).
 AMPERE = (8, 0)
@@ -182,15 +180,12 @@ def environment_for(config: TrainConfig) -> Environment:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     use_deterministic_kernels(config.deterministic)
-    # Channels-last convolutions: ResNet18 trains ~15 % faster with oneDNN on a CPU, cuDNN feeds
-    # tensor cores with them, and the Mixer's stem then emits its tokens without a copy.
-    channels_last = config.model in CONV_MODELS and device.type in ("cpu", "cuda")
+    presets = model_spec(config.model).presets
+    channels_last = presets.channels_last and device.type in ("cpu", "cuda")
     if device.type != "cpu":
         eval_batch_size = GPU_EVAL_BATCH_SIZE
-    elif config.model in CONV_MODELS:
-        eval_batch_size = CPU_CACHE_EVAL_BATCH_SIZE
     else:
-        eval_batch_size = EVAL_BATCH_SIZE
+        eval_batch_size = presets.cpu_eval_batch_size or EVAL_BATCH_SIZE
     return Environment(
         device=device,
         amp_dtype=torch.bfloat16 if uses_bf16(config.precision, device) else None,

@@ -79,28 +79,30 @@ def num_params(config: TrainConfig) -> int:
     if config.model == "resnet18":
         return 11_173_962
     if config.model == "mlp":
-        sizes = [3072, *config.hidden_sizes, 10]
+        sizes = [3072, *config.options["hidden_sizes"], 10]
         return sum(a * b + b for a, b in itertools.pairwise(sizes))
-    dim, tokens = config.embed_dim, (32 // config.patch_size) ** 2
+    dim, tokens = config.options["embed_dim"], (32 // config.options["patch_size"]) ** 2
     token_hidden, channel_hidden = dim // 2, 4 * dim
     norms = 2 * 2 * dim
     token_mlp = 2 * tokens * token_hidden + token_hidden + tokens
     channel_mlp = 2 * dim * channel_hidden + channel_hidden + dim
-    embedding = 3 * config.patch_size**2 * dim + dim
+    embedding = 3 * config.options["patch_size"] ** 2 * dim + dim
     head = 2 * dim + 10 * dim + 10
-    return embedding + config.num_blocks * (norms + token_mlp + channel_mlp) + head
+    return embedding + config.options["num_blocks"] * (norms + token_mlp + channel_mlp) + head
 
 
 def _quality(config: TrainConfig) -> float:
     """Final accuracy of a setting; seed-independent, so seeds of one setting agree closely."""
-    spread = random.Random(f"{config.model}{config.activation}{config.patch_size}").uniform(0, 0.08)
+    options = config.options
+    setting = random.Random(f"{config.model}{options['activation']}{options['patch_size']}")
+    spread = setting.uniform(0, 0.08)
     lr_penalty = abs(math.log10(config.lr) + 3) * 0.08  # 1e-3 is best, as the source reports
     return max(0.2, 0.9 - spread - lr_penalty)
 
 
 def _timings(config: TrainConfig, rng: random.Random) -> dict[str, float]:
     # The Mixer's work grows with its token count: larger patches train and infer faster.
-    tokens = (32 // config.patch_size) ** 2
+    tokens = (32 // config.options["patch_size"]) ** 2
     work = {"mlp": 1.0, "resnet18": 20.0, "mlpmixer": 2.0 + tokens / 16}[config.model]
     train = work * rng.uniform(0.97, 1.03)
     inference = work * 0.02 * rng.uniform(0.95, 1.05)

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from cifar_mlflow import cifar_pickle, cli, data, engine, environment, schema
-from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.config import TrainConfig, settings
 from cifar_mlflow.tracking import callback, runs
 from tests.test_data import write_cifar_folder
 
 REPO = Path(__file__).resolve().parents[1]
-FIELDS = [f.name for f in fields(TrainConfig)]
+FIELDS = [setting.name for setting in settings()]
 
 # Run in a subprocess with the network cut off: no connection, no name lookup can succeed.
 OFFLINE_MAIN = """
@@ -156,12 +155,13 @@ def test_bad_option_is_one_line_status_2_and_no_run(
 
 
 def test_unused_option_is_reported_not_dropped(capsys: pytest.CaptureFixture) -> None:
-    cli.warn_ignored(TrainConfig(model="resnet18", activation="tanh", optimizer="sgd"))
+    options = {"model": "resnet18", "activation": "tanh", "optimizer": "sgd"}
+    cli.warn_ignored(TrainConfig.from_overrides(options))
     cli.warn_ignored(TrainConfig(model="resnet18", optimizer="sgd", momentum=0.5))
     err = capsys.readouterr().err
     assert "activation=tanh" in err and "model=resnet18" in err
     assert "momentum=0.5" in err and "optimizer=sgd" in err
-    cli.warn_ignored(TrainConfig(model="mlp", activation="tanh"))
+    cli.warn_ignored(TrainConfig.from_overrides({"model": "mlp", "activation": "tanh"}))
     assert capsys.readouterr().err == ""
 
 
@@ -234,8 +234,8 @@ def test_a_cifar_layout_folder_trains_via_data_dir(
     assert dataset_input.dataset.digest == data.read_cifar_folder(folder).digest()
     assert str(folder.resolve()) in dataset_input.dataset.source
 
-    config = TrainConfig(
-        data_dir=str(tmp_path / "mine"), hidden_sizes=(32,), epochs=2, batch_size=64
+    config = TrainConfig.from_overrides(
+        {"data_dir": str(tmp_path / "mine"), "hidden_sizes": (32,), "epochs": 2, "batch_size": 64}
     )
     assert run.data.params == config.to_params()
     assert run.info.run_name == "mlp-actrelu-seed42"

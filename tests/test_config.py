@@ -9,10 +9,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifar_mlflow.config import ConfigError, TrainConfig
+from cifar_mlflow.config import ConfigError, Setting, TrainConfig, settings
+from cifar_mlflow.models.registry import model_specs
 
 REPO = Path(__file__).resolve().parents[1]
-FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+FIELDS = [setting.name for setting in settings()]
+
+
+def configured(**values: object) -> TrainConfig:
+    """A config from typed values, model options included."""
+    return TrainConfig.from_overrides(values)
 
 
 def test_text_values_are_parsed_per_field() -> None:
@@ -32,9 +38,9 @@ def test_text_values_are_parsed_per_field() -> None:
     assert config.lr == pytest.approx(0.001) and isinstance(config.lr, float)
     assert config.epochs == 2 and isinstance(config.epochs, int)
     assert config.train_size == 256
-    assert config.hidden_sizes == (1, 2)
-    assert config.drop_rate == pytest.approx(0.4)
-    assert config.patch_size == 8
+    assert config.options["hidden_sizes"] == (1, 2)
+    assert config.options["drop_rate"] == pytest.approx(0.4)
+    assert config.options["patch_size"] == 8
     assert config.weight_decay == pytest.approx(5e-3)
     # Everything not overridden keeps its default.
     assert config.batch_size == TrainConfig().batch_size
@@ -43,7 +49,7 @@ def test_text_values_are_parsed_per_field() -> None:
 
 @pytest.mark.parametrize("text", ["1024,512", "1024, 512", "[1024,512]", "(1024,512)"])
 def test_hidden_sizes_spellings(text: str) -> None:
-    assert TrainConfig.from_overrides({"hidden_sizes": text}).hidden_sizes == (1024, 512)
+    assert TrainConfig.from_overrides({"hidden_sizes": text}).options["hidden_sizes"] == (1024, 512)
 
 
 def test_integer_written_as_float_text_is_accepted_but_fractions_are_not() -> None:
@@ -69,13 +75,9 @@ def test_defaults_follow_the_spec() -> None:
         15,
         42,
     )
-    assert config.hidden_sizes == (1024, 512, 64, 64)
-    assert (config.embed_dim, config.num_blocks, config.patch_size, config.drop_rate) == (
-        256,
-        4,
-        4,
-        0.0,
-    )
+    assert config.options["hidden_sizes"] == (1024, 512, 64, 64)
+    mixer = ("embed_dim", "num_blocks", "patch_size", "drop_rate")
+    assert [config.options[name] for name in mixer] == [256, 4, 4, 0.0]
     assert config.device == "auto"
 
 
@@ -114,11 +116,13 @@ def test_invalid_values_name_the_option_and_what_is_allowed(
 
 def test_direct_construction_is_validated_too() -> None:
     with pytest.raises(ConfigError, match="patch_size"):
-        TrainConfig(model="mlpmixer", patch_size=3)
+        TrainConfig(model="mlpmixer", options={"patch_size": 3})
+    with pytest.raises(ConfigError, match="lr"):
+        TrainConfig(lr=0.0)
 
 
 def test_params_are_every_field_flat_and_parse_back() -> None:
-    config = TrainConfig(model="mlp", hidden_sizes=(32, 16), lr=0.01, seed=7)
+    config = configured(model="mlp", hidden_sizes=(32, 16), lr=0.01, seed=7)
     params = config.to_params()
     assert list(params) == FIELDS
     assert all(isinstance(value, str) for value in params.values())
@@ -144,7 +148,7 @@ def test_unused_fields_depend_on_model_and_optimizer() -> None:
 
 
 def test_ignored_overrides_are_only_unused_fields_moved_from_their_default() -> None:
-    config = TrainConfig(model="resnet18", activation="tanh", patch_size=8)
+    config = configured(model="resnet18", activation="tanh", patch_size=8)
     assert set(config.ignored_overrides()) == {"activation", "patch_size"}
     assert TrainConfig(model="resnet18").ignored_overrides() == ()
 
@@ -160,9 +164,9 @@ def test_trial_key_is_stable() -> None:
 def test_trial_key_ignores_unused_options_and_data_dir() -> None:
     base = TrainConfig(model="resnet18", optimizer="sgd")
     same = [
-        dataclasses.replace(base, activation="tanh"),
-        dataclasses.replace(base, hidden_sizes=(8,)),
-        dataclasses.replace(base, patch_size=16, embed_dim=64, drop_rate=0.3),
+        TrainConfig.from_overrides({"activation": "tanh"}, base),
+        TrainConfig.from_overrides({"hidden_sizes": (8,)}, base),
+        TrainConfig.from_overrides({"patch_size": 16, "embed_dim": 64, "drop_rate": 0.3}, base),
         dataclasses.replace(base, momentum=0.5),  # unused by plain SGD
         dataclasses.replace(base, data_dir="/somewhere/else"),
     ]
@@ -186,33 +190,54 @@ def test_trial_key_ignores_unused_options_and_data_dir() -> None:
 )
 def test_trial_key_changes_with_what_changes_training(change: dict) -> None:
     base = TrainConfig(model="mlp")
-    assert dataclasses.replace(base, **change).trial_key() != base.trial_key()
+    assert TrainConfig.from_overrides(change, base).trial_key() != base.trial_key()
 
 
 def test_trial_key_of_mixer_follows_the_patch_size() -> None:
     assert (
-        TrainConfig(model="mlpmixer", patch_size=2).trial_key()
-        != TrainConfig(model="mlpmixer", patch_size=4).trial_key()
+        configured(model="mlpmixer", patch_size=2).trial_key()
+        != configured(model="mlpmixer", patch_size=4).trial_key()
     )
 
 
 def test_run_name_is_readable() -> None:
     assert TrainConfig(model="resnet18", lr=0.001, seed=42).run_name() == "resnet18-lr0.001-seed42"
-    assert TrainConfig(model="mlpmixer", patch_size=8, seed=1).run_name() == (
+    assert configured(model="mlpmixer", patch_size=8, seed=1).run_name() == (
         "mlpmixer-patch8-seed1"
     )
-    assert TrainConfig(model="mlp", activation="tanh").run_name() == "mlp-acttanh-seed42"
+    assert configured(model="mlp", activation="tanh").run_name() == "mlp-acttanh-seed42"
 
 
-def test_mlproject_train_parameters_are_the_config_fields_with_equal_defaults() -> None:
+def builtin_settings() -> list[Setting]:
+    """The training options with the models of the package only (not CIFAR_MLFLOW_MODELS')."""
+    extra = {
+        option.name
+        for spec in model_specs()
+        if not spec.build.__module__.startswith("cifar_mlflow.")
+        for option in spec.options
+    }
+    return [setting for setting in settings() if setting.name not in extra]
+
+
+def test_mlproject_train_parameters_are_derived_from_the_registry() -> None:
+    """MLproject is static YAML: this keeps its `train` entry what the registry says.
+
+    Every training option (the config's fields and each built-in model's options) is a
+    parameter, in order, with the default the registry declares, and reaches the command.
+    """
     project = yaml.safe_load((REPO / "MLproject").read_text())
     entry = project["entry_points"]["train"]
     parameters = entry["parameters"]
-    assert list(parameters) == FIELDS
-    defaults = {name: str(spec["default"]) for name, spec in parameters.items()}
-    assert TrainConfig.from_overrides(defaults) == TrainConfig()
-    # Every parameter reaches the command line.
+    expected = builtin_settings()
+    defaults = TrainConfig().to_params()
+    assert {name: spec["default"] for name, spec in parameters.items()} == {
+        setting.name: defaults[setting.name] for setting in expected
+    }, "MLproject's train parameters must be the training options, with their defaults"
+    assert list(parameters) == [setting.name for setting in expected]
+    assert TrainConfig.from_overrides({k: str(v["default"]) for k, v in parameters.items()}) == (
+        TrainConfig()
+    )
+    # Every parameter reaches the command line, and nothing else.
     command = " ".join(entry["command"].split())
-    for name in FIELDS:
-        assert f"--{name.replace('_', '-')} {{{name}}}" in command
-    assert command.startswith("python -m cifar_mlflow train")
+    options = " ".join(f"--{s.name.replace('_', '-')} {{{s.name}}}" for s in expected)
+    assert command == f"python -m cifar_mlflow train {options}"

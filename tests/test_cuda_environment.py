@@ -15,9 +15,10 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from cifar_mlflow import cli, engine, environment
-from cifar_mlflow.config import MODELS, TrainConfig
+from cifar_mlflow import engine, environment
+from cifar_mlflow.config import TrainConfig, model_names
 from cifar_mlflow.models import build_model
+from cifar_mlflow.training_options import TrainingCommand, overrides_from
 from tests.test_engine import small_config, tiny_data
 
 V100, T4, A100, H100 = (7, 0), (7, 5), (8, 0), (9, 0)
@@ -97,7 +98,7 @@ def test_deterministic_turns_autotuning_off_and_deterministic_kernels_on(
     assert not torch.are_deterministic_algorithms_enabled()
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", model_names())
 def test_no_model_holds_a_module_without_a_deterministic_cuda_backward(model: str) -> None:
     modules = build_model(TrainConfig(model=model), 10).modules()
     assert not [type(m).__name__ for m in modules if isinstance(m, NONDETERMINISTIC_ON_CUDA)]
@@ -130,12 +131,13 @@ def test_compile_and_deterministic_are_switches_that_also_take_a_value(
 ) -> None:
     seen = []
 
-    @cli.training_options
     def command(**options: str) -> None:
-        config = TrainConfig.from_overrides(cli.overrides_from(options))
+        config = TrainConfig.from_overrides(overrides_from(options))
         seen.append((config.compile, config.deterministic))
 
-    result = CliRunner().invoke(click.command()(command), [*args, "--epochs", "1"])
+    result = CliRunner().invoke(
+        click.command(cls=TrainingCommand)(command), [*args, "--epochs", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert seen == [expected]
 

@@ -38,7 +38,7 @@ def small_config(**changes) -> TrainConfig:
         "device": "cpu",
         **changes,
     }
-    return TrainConfig(**fields)
+    return TrainConfig.from_overrides(fields)
 
 
 def tiny_data(train: int = 96, valid: int = 32, test: int = 40, seed: int = 0) -> DeviceData:

@@ -61,7 +61,7 @@ class LiveTensorBytes(TorchDispatchMode):
 
 
 def model_and_env(**changes):
-    config = TrainConfig(device="cpu", precision="fp32", **changes)
+    config = TrainConfig.from_overrides({"device": "cpu", "precision": "fp32", **changes})
     env = environment.environment_for(config)
     model = build_model(config, 10).to(memory_format=env.memory_format).eval()
     return model, env

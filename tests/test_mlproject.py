@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -28,13 +28,13 @@ from mlflow.entities import Run
 from mlflow.models import Model
 
 from cifar_mlflow import cifar_pickle, data, schema
-from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.config import TrainConfig, settings
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-FIELDS = [f.name for f in fields(TrainConfig)]
+FIELDS = [setting.name for setting in settings()]
 # Outputs `mlflow run` would leave in its working folder if the test did not redirect them.
 CHECKOUT_OUTPUTS = ("mlruns", "mlartifacts", "mlflow.db", "data", "outputs")
 

@@ -12,11 +12,19 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.models import MLP, MlpMixer, ResNet18, build_model, count_parameters
+from cifar_mlflow.models import build_model, count_parameters
+from cifar_mlflow.models.mixer import MlpMixer
+from cifar_mlflow.models.mlp import MLP
+from cifar_mlflow.models.resnet import ResNet18
 from cifar_mlflow.weights import weights_figure
 
 IMAGE = 32
 CLASSES = 10
+
+
+def configured(**values: object) -> TrainConfig:
+    """A config from typed values, model options included."""
+    return TrainConfig.from_overrides(values)
 
 
 def linear_params(fan_in: int, fan_out: int) -> int:
@@ -75,12 +83,12 @@ def test_resnet18_has_the_source_parameter_count() -> None:
 
 @pytest.mark.parametrize("patch", [2, 4, 8, 16])
 def test_mixer_parameter_count_follows_the_spec_formula(patch: int) -> None:
-    model = build_model(TrainConfig(model="mlpmixer", patch_size=patch))
+    model = build_model(configured(model="mlpmixer", patch_size=patch))
     assert count_parameters(model) == mixer_params(patch)
 
 
 def test_mixer_parameter_count_follows_width_and_depth() -> None:
-    config = TrainConfig(model="mlpmixer", patch_size=8, embed_dim=64, num_blocks=2)
+    config = configured(model="mlpmixer", patch_size=8, embed_dim=64, num_blocks=2)
     assert count_parameters(build_model(config)) == mixer_params(8, dim=64, blocks=2)
 
 
@@ -93,7 +101,7 @@ def test_mixer_parameter_count_follows_width_and_depth() -> None:
 def test_mlp_activation_after_each_hidden_layer_none_after_output(
     name: str, layer: type[nn.Module]
 ) -> None:
-    model = build_model(TrainConfig(model="mlp", activation=name, hidden_sizes=(32, 16, 8)))
+    model = build_model(configured(model="mlp", activation=name, hidden_sizes=(32, 16, 8)))
     modules = [m for m in model.modules() if isinstance(m, nn.Linear | layer)]
     kinds = ["linear" if isinstance(m, nn.Linear) else "act" for m in modules]
     assert kinds == ["linear", "act", "linear", "act", "linear", "act", "linear"]
@@ -214,7 +222,7 @@ def test_mixer_block_is_pre_norm_token_then_channel_mixing() -> None:
 
 
 def test_mixer_mlp_is_fc_act_dropout_fc_dropout() -> None:
-    model = build_model(TrainConfig(model="mlpmixer", mixer_activation="relu", drop_rate=0.3))
+    model = build_model(configured(model="mlpmixer", mixer_activation="relu", drop_rate=0.3))
     mlp = model.blocks[0].channel_mlp
     children = list(mlp.children())
     assert [type(c) for c in children] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.Dropout]
@@ -245,12 +253,12 @@ def test_mixer_rejects_a_patch_that_does_not_divide_the_image(patch: int) -> Non
 
 def test_build_model_passes_the_architecture_options() -> None:
     mixer = build_model(
-        TrainConfig(model="mlpmixer", patch_size=8, embed_dim=64, num_blocks=3, drop_rate=0.1)
+        configured(model="mlpmixer", patch_size=8, embed_dim=64, num_blocks=3, drop_rate=0.1)
     )
     assert isinstance(mixer, MlpMixer)
     assert len(mixer.blocks) == 3 and mixer.stem.out_channels == 64 and mixer.grid_size == 4
     assert isinstance(build_model(TrainConfig(model="resnet18")), ResNet18)
-    mlp = build_model(TrainConfig(model="mlp", activation="tanh", hidden_sizes=(20,)))
+    mlp = build_model(configured(model="mlp", activation="tanh", hidden_sizes=(20,)))
     assert isinstance(mlp, MLP) and any(isinstance(m, nn.Tanh) for m in mlp.modules())
 
 
@@ -281,7 +289,7 @@ def shown_images(figure: Figure, height: int, width: int) -> list[list[np.ndarra
 
 def test_resnet_weights_figure_shows_the_64_kernels() -> None:
     model = ResNet18()
-    figure = weights_figure(model)
+    figure = weights_figure(model, "resnet18")
     assert isinstance(figure, Figure)
     grey, rgb = shown_images(figure, 3, 3)
     assert len(grey) == 64 and grey[0].shape == (3, 3)
@@ -294,14 +302,14 @@ def test_resnet_weights_figure_shows_the_64_kernels() -> None:
 
 def test_mixer_weights_figure_shows_each_token_unit_on_the_patch_grid() -> None:
     model = MlpMixer(patch_size=4, embed_dim=32, num_blocks=1)
-    (units,) = shown_images(weights_figure(model), 8, 8)
+    (units,) = shown_images(weights_figure(model, "mlpmixer"), 8, 8)
     assert len(units) == 16  # token hidden units = 0.5 · D
     expected = model.first_token_mixing_layer.weight.detach().reshape(-1, 8, 8).numpy()
     np.testing.assert_allclose(np.stack(units), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_mlp_weights_figure_shows_units_as_rgb_images() -> None:
-    (units,) = shown_images(weights_figure(MLP()), 32, 32)
+    (units,) = shown_images(weights_figure(MLP(), "mlp"), 32, 32)
     assert len(units) == 64
     for unit in units:
         assert unit.shape == (32, 32, 3) and unit.min() == 0.0 and unit.max() == 1.0
@@ -311,10 +319,10 @@ def test_weights_figure_renders_to_png() -> None:
     import io
 
     buffer = io.BytesIO()
-    weights_figure(MlpMixer(embed_dim=16, num_blocks=1)).savefig(buffer, format="png")
+    weights_figure(MlpMixer(embed_dim=16, num_blocks=1), "mlpmixer").savefig(buffer, format="png")
     assert buffer.getvalue().startswith(b"\x89PNG")
 
 
-def test_weights_figure_rejects_other_models() -> None:
-    with pytest.raises(TypeError):
-        weights_figure(nn.Linear(2, 2))
+def test_weights_figure_is_the_registered_models_own() -> None:
+    with pytest.raises(KeyError):
+        weights_figure(nn.Linear(2, 2), "vgg")

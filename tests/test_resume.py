@@ -71,12 +71,14 @@ class CrashAtEpochEnd(Callback):
 
 @pytest.fixture
 def config(tracking_store, tmp_path, small_synthetic_dir) -> TrainConfig:
-    return TrainConfig(
-        dataset="synthetic",
-        data_dir=str(small_synthetic_dir),
-        hidden_sizes=(64,),
-        epochs=EPOCHS,
-        checkpoint_dir=str(tmp_path / "ck"),
+    return TrainConfig.from_overrides(
+        {
+            "dataset": "synthetic",
+            "data_dir": str(small_synthetic_dir),
+            "hidden_sizes": (64,),
+            "epochs": EPOCHS,
+            "checkpoint_dir": str(tmp_path / "ck"),
+        }
     )
 
 

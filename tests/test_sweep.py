@@ -220,7 +220,7 @@ def test_builtin_study_files_carry_the_settings_of_the_source_report(name):
     for config in configs:
         assert config.model == model
         for option, value in fixed.items():
-            assert getattr(config, option) == value
+            assert config.value(option) == value
 
 
 def test_comparison_studies_use_the_training_defaults_for_what_they_do_not_vary():

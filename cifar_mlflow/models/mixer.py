@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import torch
+from matplotlib.figure import Figure
 from torch import nn
+
+from cifar_mlflow import weights
+from cifar_mlflow.models.registry import CACHE_SIZED_EVAL_BATCH, Option, Presets, register_model
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
+IMAGE_SIZE = 32
 
 
 class Mlp(nn.Module):
@@ -56,7 +63,7 @@ class MlpMixer(nn.Module):
     def __init__(
         self,
         num_classes: int = 10,
-        img_size: int = 32,
+        img_size: int = IMAGE_SIZE,
         in_channels: int = 3,
         patch_size: int = 4,
         embed_dim: int = 256,
@@ -97,3 +104,61 @@ def _init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.Conv2d):
         nn.init.kaiming_normal_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def token_mixing_figure(model: MlpMixer) -> Figure:
+    """Figure 7: each hidden unit of the first token-mixing fc1 over the patch grid."""
+    unit_weights = model.first_token_mixing_layer.weight.detach().float().cpu()
+    grid = model.grid_size
+    units = unit_weights.reshape(-1, grid, grid).numpy()  # (hidden units, grid, grid)
+    height = 12 * weights.grid_rows(len(units)) / weights.grid_columns(len(units))
+    figure = Figure(figsize=(12, height), layout="constrained")
+    title = f"token-mixing units ({grid}×{grid} patches)"
+    weights.image_grid(figure, units, cmap="coolwarm", title=title)
+    return figure
+
+
+POSITIVE = {"check": lambda value: value >= 1, "allowed": "an integer >= 1"}
+
+
+@register_model(
+    "mlpmixer",
+    options=(
+        Option("mixer_activation", "gelu", "MLP-Mixer activation", choices=tuple(ACTIVATIONS)),
+        Option(
+            "patch_size",
+            4,
+            "MLP-Mixer patch size; must divide 32.",
+            check=lambda size: size >= 1 and IMAGE_SIZE % size == 0,
+            allowed="a divisor of 32 (1, 2, 4, 8, 16, 32)",
+        ),
+        Option("embed_dim", 256, "MLP-Mixer embedding width D.", **POSITIVE),
+        Option("num_blocks", 4, "MLP-Mixer number of blocks N.", **POSITIVE),
+        Option(
+            "drop_rate",
+            0.0,
+            "MLP-Mixer dropout, in [0, 1).",
+            check=lambda rate: 0.0 <= rate < 1.0,
+            allowed="a number in [0, 1)",
+        ),
+    ),
+    run_name_key="patch{patch_size}",
+    weights_figure=token_mixing_figure,
+    presets=Presets(channels_last=True, cpu_eval_batch_size=CACHE_SIZED_EVAL_BATCH),
+)
+def build_mlpmixer(
+    num_classes: int,
+    mixer_activation: str,
+    patch_size: int,
+    embed_dim: int,
+    num_blocks: int,
+    drop_rate: float,
+) -> MlpMixer:
+    return MlpMixer(
+        num_classes=num_classes,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        num_blocks=num_blocks,
+        act_layer=ACTIVATIONS[mixer_activation],
+        drop_rate=drop_rate,
+    )

@@ -6,7 +6,14 @@ import itertools
 from collections.abc import Sequence
 
 import torch
+from matplotlib.figure import Figure
 from torch import nn
+
+from cifar_mlflow import weights
+from cifar_mlflow.models.registry import Option, register_model
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+UNITS_SHOWN = 64
 
 
 class MLP(nn.Module):
@@ -41,3 +48,32 @@ def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         nn.init.xavier_normal_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def first_units_figure(model: MLP, units: int = UNITS_SHOWN) -> Figure:
+    """The first hidden units of the MLP as 32×32 RGB images."""
+    unit_weights = model.first_layer.weight.detach().float().cpu()[:units].reshape(-1, 3, 32, 32)
+    images = weights.to_unit_range(unit_weights).permute(0, 2, 3, 1).numpy()
+    figure = Figure(figsize=(8, 8), layout="constrained")
+    weights.image_grid(figure, images, cmap=None, title=f"first {len(images)} hidden units (RGB)")
+    return figure
+
+
+@register_model(
+    "mlp",
+    options=(
+        Option("activation", "relu", "MLP activation", choices=tuple(ACTIVATIONS)),
+        Option(
+            "hidden_sizes",
+            (1024, 512, 64, 64),
+            "MLP hidden sizes, comma-separated.",
+            check=lambda sizes: len(sizes) >= 1 and min(sizes) >= 1,
+            allowed="a comma-separated list of integers >= 1, e.g. 1024,512,64,64",
+        ),
+    ),
+    run_name_key="act{activation}",
+    weights_figure=first_units_figure,
+)
+def build_mlp(num_classes: int, activation: str, hidden_sizes: tuple[int, ...]) -> MLP:
+    act_layer = ACTIVATIONS[activation]
+    return MLP(hidden_sizes=hidden_sizes, num_classes=num_classes, act_layer=act_layer)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import torch
+from matplotlib.figure import Figure
 from torch import nn
+
+from cifar_mlflow import weights
+from cifar_mlflow.models.registry import CACHE_SIZED_EVAL_BATCH, Presets, register_model
 
 
 class BasicBlock(nn.Module):
@@ -76,3 +80,26 @@ class ResNet18(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.blocks(self.stem(x))))
+
+
+def first_kernels_figure(model: ResNet18) -> Figure:
+    """Figure 5: the 64 first-conv 3×3 kernels, standardised; RGB averaged to grey, and RGB."""
+    kernels = model.first_layer.weight.detach().float().cpu()  # (64, 3, 3, 3)
+    kernels = (kernels - kernels.mean()) / kernels.std()
+    grey = kernels.mean(dim=1).numpy()
+    rgb = weights.to_unit_range(kernels).permute(0, 2, 3, 1).numpy()
+    figure = Figure(figsize=(12, 6), layout="constrained")
+    grey_panel, rgb_panel = figure.subfigures(1, 2)
+    weights.image_grid(grey_panel, grey, cmap="gray", title="first-conv kernels (grey)")
+    weights.image_grid(rgb_panel, rgb, cmap=None, title="first-conv kernels (RGB)")
+    return figure
+
+
+@register_model(
+    "resnet18",
+    run_name_key="lr{lr}",
+    weights_figure=first_kernels_figure,
+    presets=Presets(channels_last=True, cpu_eval_batch_size=CACHE_SIZED_EVAL_BATCH),
+)
+def build_resnet18(num_classes: int) -> ResNet18:
+    return ResNet18(num_classes=num_classes)

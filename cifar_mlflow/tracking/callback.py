@@ -27,6 +27,7 @@ from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import CifarArrays
 from cifar_mlflow.engine import Callback
 from cifar_mlflow.environment import Environment
+from cifar_mlflow.models.registry import extra_modules
 from cifar_mlflow.schema import EpochMetrics, FinalMetrics
 from cifar_mlflow.tracking.runs import record_run_description
 from cifar_mlflow.weights import weights_figure
@@ -124,7 +125,7 @@ class MlflowCallback(Callback):
             (Path(folder) / schema.CONFIG_ARTIFACT).write_text(json.dumps(config, indent=2))
             figure_path = Path(folder) / schema.WEIGHTS_FIGURE_ARTIFACT
             figure_path.parent.mkdir(parents=True, exist_ok=True)
-            weights_figure(model).savefig(figure_path)
+            weights_figure(model, self.config.model).savefig(figure_path)
             MlflowClient().log_artifacts(self.run.info.run_id, folder)
         arrays = self._description_args[0]
         example = np.ascontiguousarray(arrays.test_images[:INPUT_EXAMPLE_IMAGES])
@@ -171,7 +172,10 @@ def log_model(
         params=dict(params),
         experiment_id=run.info.experiment_id,
     )
-    with classes_pickled_by_value(cifar_mlflow):
+    with contextlib.ExitStack() as by_value:
+        # Models registered from outside the package (CIFAR_MLFLOW_MODELS) go by value too.
+        for package in (cifar_mlflow, *extra_modules()):
+            by_value.enter_context(classes_pickled_by_value(package))
         mlflow.pyfunc.log_model(
             name=schema.MODEL_NAME,
             python_model=classifier,
