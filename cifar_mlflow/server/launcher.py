@@ -239,6 +239,25 @@ def _start_mlflow(
     admin_created = data_dir / "secrets" / ".admin-created"
     log_path = data_dir / "mlflow.log"
     env = _server_env(data_dir, port, postgres_port, secret_files, certificate, python)
+    process = _spawn_server(data_dir, env, log_path, account)
+    uri = f"https://{HOST}:{port}"
+    try:
+        _wait_until_healthy(process, uri, log_path, certificate.ca)
+    except BaseException:
+        if process.poll() is None:
+            _terminate(psutil.Process(process.pid))
+        raise
+    if not admin_created.exists():
+        write_private(admin_created, "")
+    _record_state(data_dir, uri, process.pid, postgres_port)
+    return TrackingServer(
+        uri, ADMIN_USERNAME, secret_files["admin_password"], certificate.ca, data_dir
+    )
+
+
+def _spawn_server(
+    data_dir: Path, env: dict[str, str], log_path: Path, account: Account
+) -> subprocess.Popen:
     if not log_path.exists():
         write_private(log_path, "")
         os.chown(log_path, account.uid, account.gid)
@@ -246,7 +265,7 @@ def _start_mlflow(
     with log_path.open("ab") as log:
         # A session of its own keeps the server alive after this process and out of reach of a
         # Ctrl-C meant for the caller's terminal.
-        process = subprocess.Popen(
+        return subprocess.Popen(
             ["bash", str(data_dir / "server" / "mlflow-server.sh")],
             cwd=data_dir,
             env=env,
@@ -259,28 +278,18 @@ def _start_mlflow(
             extra_groups=[],
             umask=0o077,
         )
-    uri = f"https://{HOST}:{port}"
-    try:
-        _wait_until_healthy(process, uri, log_path, certificate.ca)
-    except BaseException:
-        if process.poll() is None:
-            _terminate(psutil.Process(process.pid))
-        raise
-    if not admin_created.exists():
-        write_private(admin_created, "")
+
+
+def _record_state(data_dir: Path, uri: str, pid: int, postgres_port: int) -> None:
     state = {
         "uri": uri,
-        "pid": process.pid,
+        "pid": pid,
         "postgres_port": postgres_port,
         # Together with the pid, the start time tells this server from a later process that
         # reuses its pid after a reboot.
-        "create_time": psutil.Process(process.pid).create_time(),
+        "create_time": psutil.Process(pid).create_time(),
     }
-    state_file = data_dir / "server.json"
-    write_private(state_file, json.dumps(state, indent=2))
-    return TrackingServer(
-        uri, ADMIN_USERNAME, secret_files["admin_password"], certificate.ca, data_dir
-    )
+    write_private(data_dir / "server.json", json.dumps(state, indent=2))
 
 
 def _wait_until_healthy(process: subprocess.Popen, uri: str, log_path: Path, ca_file: Path) -> None:
