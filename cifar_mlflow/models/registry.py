@@ -217,5 +217,9 @@ def _import(entry: str) -> None:
     module = importlib.util.module_from_spec(spec)
     # In sys.modules, so that pickles (Ray, the logged model) can name the module.
     sys.modules[path.stem] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[path.stem]
+        raise
     _extra_modules.append(module)
