@@ -112,6 +112,29 @@ def test_class1_outside_locations_are_refused_in_every_form_mlflow_reads(
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("method", "content_type", "in_query"),
+    [("GET", JSON, True), ("PUT", JSON, False), ("PATCH", JSON, False),
+     ("POST", "application/x-www-form-urlencoded", False), ("POST", "text/plain", False),
+     ("POST", JSON, True)],
+)  # fmt: skip
+def test_class1_forms_mlflow_does_not_read_create_nothing(
+    tracking_server: TrackingServer, method: str, content_type: str, in_query: bool
+) -> None:
+    # The query string (read by MLflow for GET requests only), form bodies and other methods.
+    name = f"form-{uuid.uuid4().hex[:12]}"
+    fields = f"name={name}&artifact_location={quote(OUTSIDE)}"
+    path = f"{CREATE_ROUTES[0]}?{fields}" if in_query else CREATE_ROUTES[0]
+    data = b"" if in_query else fields.encode()
+    response = call(
+        tracking_server, path, auth=admin(tracking_server), method=method, data=data,
+        headers={"Content-Type": content_type},
+    )  # fmt: skip
+    assert response.status != 200, response.content
+    assert experiment(tracking_server, name) is None
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize("route", ["/api/3.0/mlflow/workspaces", "/ajax-api/3.0/mlflow/workspaces"])
 def test_class1_no_workspace_can_set_an_artifact_root(
     tracking_server: TrackingServer, route: str
