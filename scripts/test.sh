@@ -18,6 +18,9 @@ if ((${#missing[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# Set-up, not a test: the server's own environment is built here (from PyPI, once), so that
+# no test needs the network.
+python -m cifar_mlflow server prepare >/dev/null
 ruff check .
 ruff format --check .
 exec pytest "$@"

@@ -1,4 +1,4 @@
-"""`python -m cifar_mlflow server start|stop|backup|restore|certificate`: the launcher from the
+"""`python -m cifar_mlflow server start|stop|prepare|backup|restore|certificate`: the launcher from the
 command line."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from pathlib import Path
 import click
 
 from cifar_mlflow.console import Group
+from cifar_mlflow.server.account import service_account
 from cifar_mlflow.server.backup import backup, restore
+from cifar_mlflow.server.interpreter import server_python
 from cifar_mlflow.server.launcher import start, stop
 from cifar_mlflow.server.places import refuse_inside_work_tree
 from cifar_mlflow.server.tls import CertificateFiles, ensure_certificate
@@ -77,6 +79,13 @@ def start_command(
 def stop_command(data_dir: Path) -> None:
     """Stop the server started from --data-dir and its PostgreSQL cluster."""
     stop(data_dir)
+
+
+@server.command("prepare")
+def prepare_command() -> None:
+    """Find or build now the Python the server runs as its service account (as root: once per
+    machine and lock file, from PyPI), so that `server start` needs no network."""
+    click.echo(server_python(service_account()))
 
 
 @server.command("backup")
