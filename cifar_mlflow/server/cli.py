@@ -1,5 +1,5 @@
-"""`python -m cifar_mlflow server start|stop|prepare|backup|restore|certificate`: the launcher from the
-command line."""
+"""`python -m cifar_mlflow server start|stop|prepare|backup|restore|certificate`: the
+launcher from the command line."""
 
 from __future__ import annotations
 
