@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cifar_mlflow", "analysis")
 MAX_MODULE_LINES = 350
 MAX_FUNCTION_LINES = 60  # a function reads top to bottom in one screen
+
+
 def module_files() -> dict[str, Path]:
     """Dotted module name → file, for every module of the project's packages."""
     modules = {}
