@@ -4,11 +4,12 @@ tables show. Nothing here touches MLflow, so every function is tested on hand-ma
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 
 from cifar_mlflow import schema
+from cifar_mlflow.evidence import mean_interval
 
 # Config fields that say how or where a run was made, not what was trained: left out of the
 # configuration a report shows.
@@ -71,16 +72,30 @@ def curves(history: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(["mean", "min", "max"]).join(grouped.size().rename("seeds")).reset_index()
 
 
-def seed_stats(trials: pd.DataFrame, by: str | list[str], metrics: Sequence[str]) -> pd.DataFrame:
-    """Mean and standard deviation over seeds of final metrics, per value of `by`.
+def _interval_bound(side: int) -> Callable[[pd.Series], float]:
+    def bound(values: pd.Series) -> float:
+        return mean_interval(values.dropna().to_numpy())[side]
 
-    Columns `{metric}_mean`, `{metric}_std` (NaN with one seed: a spread needs two) and `seeds`.
+    bound.__name__ = ("ci_low", "ci_high")[side]
+    return bound
+
+
+def seed_stats(trials: pd.DataFrame, by: str | list[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """Mean, standard deviation and 95 % interval of the mean over seeds, per value of `by`.
+
+    Columns `{metric}_mean`, `{metric}_std`, `{metric}_ci_low`, `{metric}_ci_high` (Student's
+    t; std and interval are NaN with one seed: a spread needs two) and `seeds`.
     """
     grouped = trials.groupby(by, observed=True, sort=True)
     columns = {
-        f"{metric}_{stat}": grouped[f"metrics.{metric}"].agg(stat)
+        f"{metric}_{name}": grouped[f"metrics.{metric}"].agg(stat)
         for metric in metrics
-        for stat in ("mean", "std")
+        for name, stat in (
+            ("mean", "mean"),
+            ("std", "std"),
+            ("ci_low", _interval_bound(0)),
+            ("ci_high", _interval_bound(1)),
+        )
     }
     return pd.DataFrame({**columns, "seeds": grouped.size()}).reset_index()
 
