@@ -58,8 +58,17 @@ def with_settings(trials: pd.DataFrame, varied: Sequence[str]) -> pd.DataFrame:
     )
 
 
+def _interval_bound(side: int) -> Callable[[pd.Series], float]:
+    def bound(values: pd.Series) -> float:
+        return mean_interval(values.dropna().to_numpy())[side]
+
+    bound.__name__ = ("ci_low", "ci_high")[side]
+    return bound
+
+
 def curves(history: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
-    """Per setting, metric and epoch: mean, min and max over the setting's seeds.
+    """Per setting, metric and epoch: mean, min, max and 95 % interval (`ci_low`, `ci_high`;
+    Student's t, NaN with one seed) over the setting's seeds.
 
     `history` is long (run_id, metric, step, timestamp, value); `trials` has `setting`. A value
     logged twice at one step (a resumed run) counts once, with its latest value.
@@ -69,15 +78,8 @@ def curves(history: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     )
     merged = latest.merge(trials[["run_id", "setting"]], on="run_id")
     grouped = merged.groupby(["setting", "metric", "step"], observed=True)["value"]
-    return grouped.agg(["mean", "min", "max"]).join(grouped.size().rename("seeds")).reset_index()
-
-
-def _interval_bound(side: int) -> Callable[[pd.Series], float]:
-    def bound(values: pd.Series) -> float:
-        return mean_interval(values.dropna().to_numpy())[side]
-
-    bound.__name__ = ("ci_low", "ci_high")[side]
-    return bound
+    stats = grouped.agg(["mean", "min", "max", _interval_bound(0), _interval_bound(1)])
+    return stats.join(grouped.size().rename("seeds")).reset_index()
 
 
 def seed_stats(trials: pd.DataFrame, by: str | list[str], metrics: Sequence[str]) -> pd.DataFrame:

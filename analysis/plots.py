@@ -24,12 +24,18 @@ BAND_ALPHA = 0.2
 PNG_DPI = 110
 
 
-def curves_figure(curves: pd.DataFrame, title: str) -> Figure:
+# The band around a setting's mean: its columns in `frames.curves` and how the legend names it.
+BANDS = {"spread": ("min", "max", "min-max"), "ci": ("ci_low", "ci_high", "95 % CI of the mean")}
+
+
+def curves_figure(curves: pd.DataFrame, title: str, interval: str = "spread") -> Figure:
     """Loss and accuracy against the epoch, one line per setting (`frames.curves` output).
 
-    A setting with several seeds is drawn as its mean with a shaded min-max band: the band
-    spans every seed's curve, where a ±std band over two or three seeds would mean little.
+    A setting with several seeds is drawn as its mean with a shaded band: by default min-max,
+    which spans every seed's curve (a ±std band over two or three seeds would mean little);
+    with `interval="ci"` the 95 % Student's t interval of the mean. The legend says which.
     """
+    low, high, band_name = BANDS[interval]
     figure = Figure(figsize=(10, 7.5), layout="constrained")
     axes = figure.subplots(2, 2, sharex=True)
     settings = list(curves["setting"].cat.categories)
@@ -41,8 +47,8 @@ def curves_figure(curves: pd.DataFrame, title: str) -> Figure:
             if rows["seeds"].max() > 1:
                 ax.fill_between(
                     rows["step"],
-                    rows["min"] * scale,
-                    rows["max"] * scale,
+                    rows[low] * scale,
+                    rows[high] * scale,
                     color=color,
                     alpha=BAND_ALPHA,
                     linewidth=0,
@@ -57,7 +63,7 @@ def curves_figure(curves: pd.DataFrame, title: str) -> Figure:
     if most > 1:
         up_to = "" if curves["seeds"].nunique() == 1 else "up to "
         handles.append(Patch(color="grey", alpha=BAND_ALPHA))
-        labels.append(f"line: mean, band: min-max over {up_to}{most} seeds")
+        labels.append(f"line: mean, band: {band_name} over {up_to}{most} seeds")
     figure.legend(handles, labels, loc="outside lower center", ncols=max(1, min(len(labels), 3)))
     figure.suptitle(title)
     return figure
