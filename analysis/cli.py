@@ -50,13 +50,15 @@ def output_dir_option(what: str) -> Callable[[F], F]:
     )
 
 
-def table_format_option(help_text: str, formats: tuple[str, ...] = FORMATS) -> Callable[[F], F]:
+def table_format_option(
+    help_text: str, formats: tuple[str, ...] = FORMATS, default: str = "markdown"
+) -> Callable[[F], F]:
     """`--format`: one of the table formats of `analysis.tables` (or `formats`)."""
     return click.option(
         "--format",
         "fmt",
         type=click.Choice(formats),
-        default="markdown",
+        default=default,
         show_default=True,
         help=help_text,
     )

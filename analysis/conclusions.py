@@ -62,7 +62,8 @@ def _seeds(row: pd.Series, best: pd.Series) -> str:
 
 
 def _interval(row: pd.Series) -> str:
-    return f"95 % CI {points(row['low'])} to {points(row['high'])}, p = {row['p_holm']:.2g} Holm"
+    low, high = points(row["low"]), points(row["high"])
+    return f"95 % CI {low} to {high}, Holm-corrected p = {row['p_holm']:.2g}"
 
 
 def comparison_sentence(row: pd.Series, best: pd.Series) -> str:

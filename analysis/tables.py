@@ -118,7 +118,7 @@ def markdown(shown: pd.DataFrame) -> str:
 LATEX_SPECIALS = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\^{}"}
 
 
-def _latex_escape(text: str) -> str:
+def latex_escape(text: str) -> str:
     text = text.replace("\\", r"\textbackslash{}")
     return "".join(LATEX_SPECIALS.get(c, c) for c in text).replace(PLUS_MINUS, r"$\pm$")
 
@@ -127,7 +127,7 @@ def latex(shown: pd.DataFrame) -> str:
     """A booktabs `tabular` (the look of `DataFrame.to_latex`), ± typeset as math."""
 
     def line(cells: Sequence[str]) -> str:
-        return " & ".join(_latex_escape(str(cell)) for cell in cells) + r" \\"
+        return " & ".join(latex_escape(str(cell)) for cell in cells) + r" \\"
 
     body = [line(list(values)) for values in shown.itertuples(index=False)]
     return "\n".join(
