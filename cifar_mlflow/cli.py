@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from cifar_mlflow import schema
+from cifar_mlflow.champion_evidence import registry_options
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.console import Group
 from cifar_mlflow.errors import UserError
@@ -186,15 +187,7 @@ def train(experiment: str, study: str, resume: str | None, **options: Any) -> No
     show_default=True,
     help="GPUs Ray reserves for each trial; 0.25 lets four small trials share a GPU.",
 )
-@click.option(
-    "--register",
-    type=click.BOOL,
-    default=True,
-    show_default=True,
-    metavar="BOOLEAN",
-    help="Register the best trial as cifar10-<study>@champion if it beats the champion.",
-)
-@click.option("--no-register", is_flag=True, help="The same as --register false.")
+@registry_options
 @training_options
 @experiment_option
 @fails_launcher_run
@@ -208,6 +201,7 @@ def sweep(
     gpus_per_trial: float,
     register: bool,
     no_register: bool,
+    min_delta: float,
     experiment: str,
     **options: Any,
 ) -> None:
@@ -230,6 +224,7 @@ def sweep(
             ray_options=RayOptions(ray_address, cpus_per_trial, gpus_per_trial),
             experiment=experiment,
             register=register and not no_register,
+            min_delta=min_delta,
         )
     except SweepFailed as failure:
         for outcome in failure.result.failures:

@@ -19,6 +19,7 @@ EXPERIMENT_KIND = "custom_model_development"
 TAG_STUDY = "study"
 TAG_MODEL = "model"
 TAG_TRIAL_KEY = "trial_key"
+TAG_SEED_GROUP = "seed_group"  # the trial key without the seed: the runs a setting's stats use
 TAG_SEED = "seed"
 TAG_TORCH_DEVICE = "torch_device"  # the device actually used when `device=auto`
 TAG_TORCH_PRECISION = "torch_precision"  # fp32, tf32 or bf16: how matmuls actually ran
@@ -100,3 +101,10 @@ CHAMPION_ALIAS = "champion"
 # `best_valid_acc` and `test_acc`, copied as tags: the registry keeps no metrics).
 TAG_SOURCE_RUN_ID = "source_run_id"
 VERSION_METRICS = ("best_valid_acc", "test_acc")
+# The evidence a sweep's champion decision had (issue 24): the challenger's lead over the
+# champion it replaced in best_valid_acc (mean over seeds), Welch's 95 % interval, the seeds.
+TAG_EVIDENCE_DIFFERENCE = "evidence_difference"
+TAG_EVIDENCE_CI_LOW = "evidence_ci_low"
+TAG_EVIDENCE_CI_HIGH = "evidence_ci_high"
+TAG_EVIDENCE_SEEDS = "evidence_seeds"  # "challenger N, champion M"
+TAG_EVIDENCE = "evidence"  # the decision in words, e.g. "1 seed: no interval, compared runs"

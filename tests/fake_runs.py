@@ -158,6 +158,7 @@ def log_trial(
         schema.TAG_STUDY: study,
         schema.TAG_MODEL: config.model,
         schema.TAG_TRIAL_KEY: config.trial_key(),
+        schema.TAG_SEED_GROUP: config.seed_group(),
         schema.TAG_SEED: str(config.seed),
         schema.TAG_TORCH_DEVICE: "cpu",
     }

@@ -133,3 +133,12 @@ def test_holm_adjusts_step_down_and_skips_untested():
     adjusted = holm([0.04, np.nan, 0.01, 0.02])
     assert adjusted == pytest.approx([0.04, np.nan, 0.03, 0.04], nan_ok=True)
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_a_seed_group_is_the_trial_key_without_the_seed():
+    from cifar_mlflow.config import TrainConfig
+
+    seeds = [TrainConfig(model="mlp", seed=seed) for seed in (42, 43)]
+    assert seeds[0].trial_key() != seeds[1].trial_key()
+    assert seeds[0].seed_group() == seeds[1].seed_group()
+    assert TrainConfig(model="mlp", lr=0.01).seed_group() != seeds[0].seed_group()

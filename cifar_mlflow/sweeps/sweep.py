@@ -88,13 +88,14 @@ def run_sweep(
     ray_options: RayOptions | None = None,
     experiment: str | None = None,
     register: bool = True,
+    min_delta: float = 0.0,
     echo: Callable[[str], None] = click.echo,
 ) -> SweepResult:
     """Run `study` with `overrides` as one parent run with a nested run per missing trial.
 
     `trials` overrides a searched study's number of trials; `seeds` a grid's number of seeds.
     With `register`, the best trial becomes `cifar10-<study>@champion` if it beats the
-    champion (`registry.register_sweep_champion`).
+    champion (`registry.register_sweep_champion`; `min_delta`: the lead it needs).
     """
     ray_options = ray_options or RayOptions()
     if study.search is None:
@@ -139,7 +140,7 @@ def run_sweep(
             outcomes = run_search_trials(runner, study, configs[0], total, parent, echo)
         summarise(parent, outcomes)
         if register:
-            register_sweep_champion(study.name, parent.run_id, echo)
+            register_sweep_champion(study.name, parent.run_id, echo, min_delta)
         link = run_link(parent.experiment_id, parent.run_id)
         result = SweepResult(parent.run_id, link, outcomes)
         if result.failures:
