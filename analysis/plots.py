@@ -73,3 +73,24 @@ def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=PNG_DPI)
     return buffer.getvalue()
+
+
+def compute_figure(progress: pd.DataFrame, trials: pd.DataFrame, title: str) -> Figure:
+    """Validation accuracy against training seconds spent (`compute.progress` output): one
+    line per run, one colour per setting, so a setting's accuracy reads against its cost."""
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = figure.subplots()
+    settings = list(trials["setting"].cat.categories)
+    keyed = progress.merge(trials[["run_id", "setting"]], on="run_id")
+    labelled: set[str] = set()
+    for (setting, _), run in keyed.groupby(["setting", "run_id"], observed=True):
+        label = None if setting in labelled else str(setting)
+        labelled.add(setting)
+        color = f"C{settings.index(setting) % 10}"
+        ax.plot(run["seconds"], run["valid_acc"] * 100, marker=".", color=color, label=label)
+    ax.set_xlabel("training seconds spent (sum of epoch_time_s)")
+    ax.set_ylabel("valid accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    figure.suptitle(title)
+    return figure

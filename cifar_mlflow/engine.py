@@ -300,6 +300,7 @@ def fit(
         best_valid_acc=best_valid_acc,
         num_params=count_parameters(model),
         train_epoch_time_s=train_epoch_time,
+        train_time_s=sum(epoch_times),
         inference_time_s=valid_time,
         train_images_per_s=len(data.train) / train_epoch_time,
         inference_images_per_s=len(data.valid) / valid_time,

@@ -75,6 +75,7 @@ class FinalMetrics:
     best_valid_acc: float  # the best epoch's valid_acc, what sweeps rank trials by
     num_params: int
     train_epoch_time_s: float  # median training pass over the epochs after the first
+    train_time_s: float  # every epoch's training pass, summed: the compute the run spent
     inference_time_s: float  # eval forward pass over the valid split, median after a warm-up
     train_images_per_s: float
     inference_images_per_s: float
