@@ -14,9 +14,10 @@ import math
 import pandas as pd
 
 from analysis.frames import seed_stats
+from cifar_mlflow import schema
 from cifar_mlflow.evidence import ALPHA, holm, welch
 
-OBJECTIVE = "best_valid_acc"
+OBJECTIVE = schema.METRIC_BEST_VALID_ACC
 REPORTED = "test_acc"
 METRICS = (OBJECTIVE, REPORTED)
 # The compute a setting costs: its median training pass per epoch, for trade-off claims.

@@ -67,7 +67,7 @@ def register_sweep_champion(
     """Register the sweep's best trial as `cifar10-<study>@champion` if it beats the champion.
 
     With at least two seeds on both sides, "beats" means the 95 % interval of the lead is above
-    `min_delta` (`champion_evidence.decide`); with one seed, a higher `best_valid_acc`.
+    `min_delta` (`ChampionDecision.decide`); with one seed, a higher `best_valid_acc`.
     Returns the new version, or None when no trial has a model or the champion stays; `echo`
     gets a line saying which, and why.
     """
