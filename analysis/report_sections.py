@@ -80,7 +80,7 @@ def compute_html(study: str, progress: pd.DataFrame, trials: pd.DataFrame) -> st
     best = progress["valid_acc"].max()
     for fraction in compute.FRACTIONS:
         name = compute.threshold_name(fraction)
-        header = f"Seconds to {name} % of best ({fraction * best:.1%})"
+        header = f"Seconds to {name} % of best ({fraction * best * 100:.1f} %)"
         shown[header] = _threshold_cells(summary, name)
     figure = compute_figure(progress, trials, f"Study {study}: accuracy against compute")
     return "\n".join(
