@@ -8,9 +8,11 @@ import math
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 
 from analysis import compute, report
 from analysis.query import Tracking
+from cifar_mlflow import schema
 from tests import fake_runs
 
 # Per run and epoch: (valid_acc, epoch_time_s). The study's best is 0.8, so the thresholds
@@ -89,3 +91,43 @@ def test_the_report_shows_conclusions_claims_and_compute_per_study(logged, tmp_p
     assert "patch 4 is the best trade-off" in html and "not testable: 1 seed" in html
     assert "cannot conclude which setting is best" in html
     assert "Seconds to 90 % of best" in html and "mean [95 % CI]" in html
+
+
+def log_search(client: MlflowClient, experiment_id: str) -> None:
+    """A finished search of 3-epoch trials: trial 1 complete, trial 2 stopped after epoch 1."""
+    parent = client.create_run(
+        experiment_id,
+        run_name="tiny_search",
+        tags={
+            schema.TAG_STUDY: "tiny_search",
+            schema.TAG_ROLE: schema.ROLE_SWEEP,
+            schema.TAG_VARIED: "lr",
+            schema.TAG_SEARCH_KEY: "k",
+        },
+    ).info.run_id
+    for number, (lr, accuracies) in enumerate([("0.01", [0.5, 0.6, 0.7]), ("0.1", [0.2])], 1):
+        tags = {schema.TAG_PARENT_RUN_ID: parent, schema.TAG_TRIAL_NUMBER: str(number)}
+        if len(accuracies) < 3:
+            tags[schema.TAG_STOPPED_AT_EPOCH] = str(len(accuracies))
+        run_id = client.create_run(experiment_id, run_name=f"t{number}", tags=tags).info.run_id
+        history = [
+            Metric(name, value, 0, epoch)
+            for epoch, accuracy in enumerate(accuracies, 1)
+            for name, value in (("valid_acc", accuracy), ("epoch_time_s", 10.0))
+        ]
+        client.log_batch(run_id, metrics=history, params=[Param("lr", lr), Param("epochs", "3")])
+        client.set_terminated(run_id)
+    client.set_terminated(parent)
+
+
+def test_the_report_shows_what_a_searchs_early_stopping_saved(tracking_store):
+    client = MlflowClient()
+    log_search(client, fake_runs.create_experiment(client, "cifar10"))
+    tracking = Tracking()
+    (search,) = report.collect_searches(tracking)
+    html = report.render_report([], tracking.tracking_uri, pd.Timestamp.now(), searches=[search])
+    # 3 + 1 epochs of 10 s ran; trial 2's two missing epochs would have cost 20 s more.
+    assert (
+        "Training took 40 s; running all 1 stopped trials to their last epoch would have taken "
+        "about 60 s, so early stopping saved about 20 s (33%)"
+    ) in html
