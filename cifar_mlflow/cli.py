@@ -12,10 +12,10 @@ from typing import Any
 import click
 
 from cifar_mlflow import schema
-from cifar_mlflow.champion_evidence import registry_options
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.console import Group
 from cifar_mlflow.errors import UserError
+from cifar_mlflow.registry_options import registry_options
 from cifar_mlflow.server.cli import server
 
 
