@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from analysis.tables import FORMATS
+from analysis.tables import FORMATS, INTERVALS
 from cifar_mlflow import console
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,13 +50,27 @@ def output_dir_option(what: str) -> Callable[[F], F]:
     )
 
 
-def table_format_option(help_text: str) -> Callable[[F], F]:
-    """`--format`: one of the table formats of `analysis.tables`."""
+def table_format_option(
+    help_text: str, formats: tuple[str, ...] = FORMATS, default: str = "markdown"
+) -> Callable[[F], F]:
+    """`--format`: one of the table formats of `analysis.tables` (or `formats`)."""
     return click.option(
         "--format",
         "fmt",
-        type=click.Choice(FORMATS),
-        default="markdown",
+        type=click.Choice(formats),
+        default=default,
         show_default=True,
         help=help_text,
     )
+
+
+def interval_option(function: F) -> F:
+    """`--interval`: what a spread over seeds shows, in tables and learning-curve bands."""
+    return click.option(
+        "--interval",
+        type=click.Choice(INTERVALS),
+        default="spread",
+        show_default=True,
+        help="spread: mean ± std in tables, min-max band in curves; ci: the 95 % Student's t "
+        "interval of the mean in both. Headers and legends say which.",
+    )(function)

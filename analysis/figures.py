@@ -20,6 +20,7 @@ from analysis import frames
 from analysis.cli import (
     command,
     experiment_option,
+    interval_option,
     output_dir_option,
     parent_run_option,
 )
@@ -45,8 +46,10 @@ def _title(sweep: Sweep, trials: pd.DataFrame) -> str:
     return f"Study {sweep.study} ({models}): {shown}"
 
 
-def study_figures(tracking: Tracking, sweep: Sweep) -> StudyFigures:
-    """Query a sweep's trials and histories and draw its figures (nothing is written)."""
+def study_figures(tracking: Tracking, sweep: Sweep, interval: str = "spread") -> StudyFigures:
+    """Query a sweep's trials and histories and draw its figures (nothing is written).
+
+    `interval`: the band around each setting's mean curve (`plots.BANDS`)."""
     trials = tracking.trials(sweep)
     if trials.empty:
         raise AnalysisError(f"sweep {sweep.run_id} of study {sweep.study!r} has no finished trials")
@@ -60,7 +63,7 @@ def study_figures(tracking: Tracking, sweep: Sweep) -> StudyFigures:
         shown = shown.assign(setting=pd.Categorical(shown["run_name"].astype(str)))
         weights_png = tracking.artifact_bytes(best["run_id"], schema.WEIGHTS_FIGURE_ARTIFACT)
     history = tracking.history(shown["run_id"], CURVE_METRICS)
-    figure = curves_figure(frames.curves(history, shown), _title(sweep, trials))
+    figure = curves_figure(frames.curves(history, shown), _title(sweep, trials), interval)
     return StudyFigures(sweep, trials, figure, best, weights_png)
 
 
@@ -84,11 +87,12 @@ def write_study_figures(
     experiment: str | None = None,
     parent_run_id: str | None = None,
     tracking: Tracking | None = None,
+    interval: str = "spread",
 ) -> tuple[StudyFigures, list[Path]]:
     """Build a study's figures, save them and attach them to the sweep's parent run."""
     tracking = tracking or Tracking()
     sweep = tracking.find_sweep(study, experiment, parent_run_id)
-    figures = study_figures(tracking, sweep)
+    figures = study_figures(tracking, sweep, interval)
     paths = save_figures(figures, output_dir)
     tracking.log_artifacts(sweep.run_id, paths, FIGURES_ARTIFACT_PATH)
     return figures, paths
@@ -97,16 +101,23 @@ def write_study_figures(
 @command
 @click.option("--study", "-s", metavar="NAME", help="Study name (e.g. activation, lr, patch).")
 @output_dir_option("PNG and PDF files")
+@interval_option
 @experiment_option
 @parent_run_option
 def main(
-    study: str | None, output_dir: Path, experiment: str | None, parent_run_id: str | None
+    study: str | None,
+    output_dir: Path,
+    interval: str,
+    experiment: str | None,
+    parent_run_id: str | None,
 ) -> None:
     """Draw a study's figures from its latest finished sweep (or --parent-run-id).
 
     The files are also logged as artifacts of the sweep's parent run, under figures/.
     """
-    figures, paths = write_study_figures(study, output_dir, experiment, parent_run_id)
+    figures, paths = write_study_figures(
+        study, output_dir, experiment, parent_run_id, interval=interval
+    )
     if figures.best is not None and figures.weights_png is None:
         click.echo(
             f"Warning: best run {figures.best['run_id']} has no "

@@ -4,11 +4,12 @@ tables show. Nothing here touches MLflow, so every function is tested on hand-ma
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 
 from cifar_mlflow import schema
+from cifar_mlflow.evidence import mean_interval
 
 # Config fields that say how or where a run was made, not what was trained: left out of the
 # configuration a report shows.
@@ -61,8 +62,17 @@ def with_settings(trials: pd.DataFrame, varied: Sequence[str]) -> pd.DataFrame:
     )
 
 
+def _interval_bound(side: int) -> Callable[[pd.Series], float]:
+    def bound(values: pd.Series) -> float:
+        return mean_interval(values.dropna().to_numpy())[side]
+
+    bound.__name__ = ("ci_low", "ci_high")[side]
+    return bound
+
+
 def curves(history: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
-    """Per setting, metric and epoch: mean, min and max over the setting's seeds.
+    """Per setting, metric and epoch: mean, min, max and 95 % interval (`ci_low`, `ci_high`;
+    Student's t, NaN with one seed) over the setting's seeds.
 
     `history` is long (run_id, metric, step, timestamp, value); `trials` has `setting`. A value
     logged twice at one step (a resumed run) counts once, with its latest value.
@@ -72,19 +82,26 @@ def curves(history: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     )
     merged = latest.merge(trials[["run_id", "setting"]], on="run_id")
     grouped = merged.groupby(["setting", "metric", "step"], observed=True)["value"]
-    return grouped.agg(["mean", "min", "max"]).join(grouped.size().rename("seeds")).reset_index()
+    stats = grouped.agg(["mean", "min", "max", _interval_bound(0), _interval_bound(1)])
+    return stats.join(grouped.size().rename("seeds")).reset_index()
 
 
 def seed_stats(trials: pd.DataFrame, by: str | list[str], metrics: Sequence[str]) -> pd.DataFrame:
-    """Mean and standard deviation over seeds of final metrics, per value of `by`.
+    """Mean, standard deviation and 95 % interval of the mean over seeds, per value of `by`.
 
-    Columns `{metric}_mean`, `{metric}_std` (NaN with one seed: a spread needs two) and `seeds`.
+    Columns `{metric}_mean`, `{metric}_std`, `{metric}_ci_low`, `{metric}_ci_high` (Student's
+    t; std and interval are NaN with one seed: a spread needs two) and `seeds`.
     """
     grouped = trials.groupby(by, observed=True, sort=True)
     columns = {
-        f"{metric}_{stat}": grouped[f"metrics.{metric}"].agg(stat)
+        f"{metric}_{name}": grouped[f"metrics.{metric}"].agg(stat)
         for metric in metrics
-        for stat in ("mean", "std")
+        for name, stat in (
+            ("mean", "mean"),
+            ("std", "std"),
+            ("ci_low", _interval_bound(0)),
+            ("ci_high", _interval_bound(1)),
+        )
     }
     return pd.DataFrame({**columns, "seeds": grouped.size()}).reset_index()
 

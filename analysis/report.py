@@ -8,7 +8,6 @@ network access. A study that has not been run is listed as missing.
 
 from __future__ import annotations
 
-import base64
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,11 +17,12 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from analysis import frames, tables
-from analysis.cli import command, experiment_option
+from analysis import compute, frames, tables
+from analysis.cli import command, experiment_option, interval_option
 from analysis.figures import StudyFigures, study_figures
 from analysis.plots import png_bytes
-from analysis.query import AnalysisError, Tracking, run_url
+from analysis.query import AnalysisError, Sweep, Tracking, run_url
+from analysis.report_sections import compute_html, conclusions_html, img, savings_html
 from analysis.search import SearchFigures, search_figures, top_columns
 from analysis.tables import Column
 from cifar_mlflow import schema
@@ -103,9 +103,13 @@ class StudyResult:
     section: Section
     figures: StudyFigures | None
     missing_reason: str | None = None
+    progress: pd.DataFrame | None = None  # `compute.progress` of every trial
+    interval: str = "spread"  # what tables show around a mean (`tables.INTERVALS`)
 
 
-def collect(tracking: Tracking, experiment: str | None = None) -> list[StudyResult]:
+def collect(
+    tracking: Tracking, experiment: str | None = None, interval: str = "spread"
+) -> list[StudyResult]:
     """Query and draw every built-in study; a study without a usable sweep is kept as missing."""
     results = []
     for section in SECTIONS:
@@ -114,21 +118,42 @@ def collect(tracking: Tracking, experiment: str | None = None) -> list[StudyResu
             results.append(StudyResult(section, None, "no finished sweep"))
             continue
         try:
-            results.append(StudyResult(section, study_figures(tracking, sweep)))
+            figures = study_figures(tracking, sweep, interval)
         except AnalysisError as error:
             results.append(StudyResult(section, None, str(error)))
+            continue
+        progress = trial_progress(tracking, figures.trials)
+        results.append(StudyResult(section, figures, None, progress, interval))
     return results
 
 
-def collect_searches(tracking: Tracking, experiment: str | None = None) -> list[SearchFigures]:
+def trial_progress(tracking: Tracking, trials: pd.DataFrame) -> pd.DataFrame:
+    """Per trial and epoch: validation accuracy and training seconds (`compute.progress`)."""
+    return compute.progress(tracking.history(trials["run_id"], compute.HISTORY_METRICS))
+
+
+@dataclass
+class SearchResult:
+    figures: SearchFigures
+    compute: str  # HTML: what its early stopping saved
+
+
+def _search_result(tracking: Tracking, sweep: Sweep) -> SearchResult:
+    trials = tracking.trials(sweep)
+    savings = savings_html(trial_progress(tracking, trials), trials)
+    return SearchResult(search_figures(tracking, sweep), savings)
+
+
+def collect_searches(tracking: Tracking, experiment: str | None = None) -> list[SearchResult]:
     """The latest finished sweep of every searched study, drawn; none when no search ran."""
     return [
-        search_figures(tracking, tracking.find_sweep(study, experiment))
+        _search_result(tracking, tracking.find_sweep(study, experiment))
         for study in tracking.searched_studies(experiment)
     ]
 
 
-def _search_html(result: SearchFigures, tracking_uri: str) -> str:
+def _search_html(found: SearchResult, tracking_uri: str) -> str:
+    result = found.figures
     sweep, search = result.sweep, result.search
     stopped = int((search["outcome"] == "stopped").sum())
     parts = [
@@ -136,16 +161,12 @@ def _search_html(result: SearchFigures, tracking_uri: str) -> str:
         f"<p>{len(search)} trials, {stopped} stopped early; latest sweep: "
         f"{_run_ref(tracking_uri, sweep.experiment_id, sweep.run_id)}. Searched: "
         f"{html.escape(', '.join(sweep.varied))}.</p>",
-        *(_img(png_bytes(figure), stem) for stem, figure in result.figures.items()),
+        found.compute,
+        *(img(png_bytes(figure), stem) for stem, figure in result.figures.items()),
         "<h3>Top trials</h3>",
         tables.html(tables.display(result.top, top_columns(result.top, sweep.varied))),
     ]
     return "\n".join(parts)
-
-
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
 def _run_ref(tracking_uri: str, experiment_id: str, run_id: str, text: str | None = None) -> str:
@@ -225,18 +246,22 @@ def _section_html(result: StudyResult, tracking_uri: str) -> str:
         return "\n".join(parts)
     sweep = figures.sweep
     parts.append(f"<p>Sweep: {_run_ref(tracking_uri, sweep.experiment_id, sweep.run_id)}</p>")
-    parts.append(f"<h3>{section.curves}</h3>{_img(png_bytes(figures.curves), section.curves)}")
+    parts.append(f"<h3>{section.curves}</h3>{img(png_bytes(figures.curves), section.curves)}")
     summary = frames.seed_stats(figures.trials, "setting", frames.SUMMARY_METRICS)
-    parts.append(tables.html(tables.display(summary, tables.SUMMARY_COLUMNS)))
+    parts.append(tables.html(tables.display(summary, tables.SUMMARY_COLUMNS, result.interval)))
     if section.table is not None:
-        table = tables.display(frames.table1(figures.trials), tables.TABLE1_COLUMNS)
+        table1 = frames.table1(figures.trials)
+        table = tables.display(table1, tables.TABLE1_COLUMNS, result.interval)
         parts.append(f"<h3>{section.table}</h3>{tables.html(table)}")
+    parts.append(conclusions_html(section.study, figures.trials))
+    if result.progress is not None:
+        parts.append(compute_html(section.study, result.progress, figures.trials))
     if section.weights is not None:
         parts.append(f"<h3>{section.weights}</h3>")
         if figures.weights_png is None:
             parts.append('<p class="missing">The best run logged no weights image.</p>')
         else:
-            parts.append(_img(figures.weights_png, section.weights))
+            parts.append(img(figures.weights_png, section.weights))
     if figures.best is not None:
         best = figures.best
         ref = _run_ref(tracking_uri, best["experiment_id"], best["run_id"], best["run_name"])
@@ -250,7 +275,7 @@ def render_report(
     tracking_uri: str,
     generated: datetime,
     champions: pd.DataFrame | None = None,
-    searches: Sequence[SearchFigures] = (),
+    searches: Sequence[SearchResult] = (),
 ) -> str:
     """The report as one HTML document (pure: everything comes from the arguments)."""
     missing = [result.section.study for result in results if result.figures is None]
@@ -297,11 +322,12 @@ def render_report(
     default=Path("report.html"),
     show_default=True,
 )
+@interval_option
 @experiment_option
-def main(output: Path, experiment: str | None) -> None:
+def main(output: Path, interval: str, experiment: str | None) -> None:
     """Write one self-contained HTML report of every study, figure and table."""
     tracking = Tracking()
-    results = collect(tracking, experiment)
+    results = collect(tracking, experiment, interval)
     searches = collect_searches(tracking, experiment)
     output.write_text(
         render_report(

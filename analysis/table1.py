@@ -1,7 +1,8 @@
 """Table 1 of the source report from the latest `patch` sweep: `python -m analysis.table1`.
 
 Per patch size: parameter count, inference time (valid split), training time per epoch and test
-accuracy, as mean ± std over seeds when the sweep ran several.
+accuracy, as mean ± std over seeds when the sweep ran several (`--interval ci`: mean and 95 %
+interval).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from analysis import frames, tables
 from analysis.cli import (
     command,
     experiment_option,
+    interval_option,
     parent_run_option,
     table_format_option,
 )
@@ -45,11 +47,19 @@ def load_table1(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write to this file instead of stdout.",
 )
+@interval_option
 @experiment_option
 @parent_run_option
-def main(fmt: str, output: Path | None, experiment: str | None, parent_run_id: str | None) -> None:
+def main(
+    fmt: str,
+    output: Path | None,
+    interval: str,
+    experiment: str | None,
+    parent_run_id: str | None,
+) -> None:
     """Print Table 1 (per patch size: parameters, timings, test accuracy)."""
-    text = tables.render(load_table1(experiment, parent_run_id), tables.TABLE1_COLUMNS, fmt)
+    table = load_table1(experiment, parent_run_id)
+    text = tables.render(table, tables.TABLE1_COLUMNS, fmt, interval)
     if output is None:
         click.echo(text, nl=False)
     else:

@@ -1,7 +1,9 @@
 """Pure: numeric frames (from `analysis.frames`) → tables as Markdown, CSV, LaTeX or HTML text.
 
-Display tables put units in their headers and show `mean ± std` where several seeds were run;
-CSV keeps the numbers as they are, mean and std in separate columns, so it parses back exactly.
+Display tables put units in their headers and show `mean ± std` where several seeds were run,
+or, with `interval="ci"`, `mean [low, high]`: the 95 % Student's t interval of the mean, which
+the header then names. CSV keeps the numbers as they are, mean and std (or the interval's
+bounds) in separate columns, so it parses back exactly.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from cifar_mlflow import schema
 
 FORMATS = ("markdown", "csv", "latex")
 PLUS_MINUS = "±"
+# What a spread column shows: ± the standard deviation over seeds, or the 95 % interval.
+INTERVALS = ("spread", "ci")
+CI_HEADER = "mean [95 % CI]"
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,15 @@ class Column:
     source: str  # a column of the frame, or a metric with `{source}_mean`/`_std` columns
     fmt: str = ""  # format spec applied after scaling
     scale: float = 1.0  # e.g. 100 for fractions shown in %, 1000 for seconds shown in ms
-    spread: bool = False  # show `{source}_mean ± {source}_std`
+    spread: bool = False  # show `{source}_mean ± {source}_std` (or its `_ci_low/_ci_high`)
+
+    def heading(self, interval: str) -> str:
+        """The header, naming the interval when the column shows one."""
+        if not (self.spread and interval == "ci"):
+            return self.header
+        if self.header.endswith(")"):
+            return f"{self.header[:-1]}, {CI_HEADER})"
+        return f"{self.header} ({CI_HEADER})"
 
 
 TABLE1_COLUMNS = (
@@ -53,32 +66,47 @@ def mean_std(mean: float, std: float, fmt: str, scale: float = 1.0) -> str:
     return shown if math.isnan(std) else f"{shown} {PLUS_MINUS} {format(std * scale, fmt)}"
 
 
-def _cells(table: pd.DataFrame, column: Column) -> list[str]:
+def mean_ci(mean: float, low: float, high: float, fmt: str, scale: float = 1.0) -> str:
+    """`mean [low, high]`, or the mean alone when there is no interval (a single seed)."""
+    shown = format(mean * scale, fmt)
+    if math.isnan(low):
+        return shown
+    return f"{shown} [{format(low * scale, fmt)}, {format(high * scale, fmt)}]"
+
+
+def _cells(table: pd.DataFrame, column: Column, interval: str) -> list[str]:
     # Column-wise on purpose: a row of mixed dtypes (iterrows) would turn ints into floats.
-    if column.spread:
-        means, stds = table[f"{column.source}_mean"], table[f"{column.source}_std"]
+    fmt, scale, source = column.fmt, column.scale, column.source
+    if column.spread and interval == "ci":
+        bounds = zip(table[f"{source}_ci_low"], table[f"{source}_ci_high"], strict=True)
         return [
-            mean_std(mean, std, column.fmt, column.scale)
-            for mean, std in zip(means, stds, strict=True)
+            mean_ci(mean, low, high, fmt, scale)
+            for mean, (low, high) in zip(table[f"{source}_mean"], bounds, strict=True)
         ]
-    scale = column.scale
-    return [
-        format(value * scale if scale != 1 else value, column.fmt) for value in table[column.source]
-    ]
+    if column.spread:
+        means, stds = table[f"{source}_mean"], table[f"{source}_std"]
+        return [mean_std(mean, std, fmt, scale) for mean, std in zip(means, stds, strict=True)]
+    return [format(value * scale if scale != 1 else value, fmt) for value in table[source]]
 
 
-def display(table: pd.DataFrame, columns: Sequence[Column]) -> pd.DataFrame:
+def display(
+    table: pd.DataFrame, columns: Sequence[Column], interval: str = "spread"
+) -> pd.DataFrame:
     """The frame as text cells under headers with units."""
-    return pd.DataFrame({column.header: _cells(table, column) for column in columns})
+    return pd.DataFrame(
+        {column.heading(interval): _cells(table, column, interval) for column in columns}
+    )
 
 
-def csv_columns(columns: Sequence[Column]) -> list[str]:
-    """The numeric columns behind a display: `x_mean` and `x_std` for a spread column."""
+def csv_columns(columns: Sequence[Column], interval: str = "spread") -> list[str]:
+    """The numeric columns behind a display: `x_mean` and `x_std` (or `x_ci_low`,
+    `x_ci_high`) for a spread column."""
+    spread = ("mean", "std") if interval == "spread" else ("mean", "ci_low", "ci_high")
     return [
         name
         for column in columns
         for name in (
-            [f"{column.source}_mean", f"{column.source}_std"] if column.spread else [column.source]
+            [f"{column.source}_{stat}" for stat in spread] if column.spread else [column.source]
         )
     ]
 
@@ -94,7 +122,7 @@ def markdown(shown: pd.DataFrame) -> str:
 LATEX_SPECIALS = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\^{}"}
 
 
-def _latex_escape(text: str) -> str:
+def latex_escape(text: str) -> str:
     text = text.replace("\\", r"\textbackslash{}")
     return "".join(LATEX_SPECIALS.get(c, c) for c in text).replace(PLUS_MINUS, r"$\pm$")
 
@@ -103,7 +131,7 @@ def latex(shown: pd.DataFrame) -> str:
     """A booktabs `tabular` (the look of `DataFrame.to_latex`), ± typeset as math."""
 
     def line(cells: Sequence[str]) -> str:
-        return " & ".join(_latex_escape(str(cell)) for cell in cells) + r" \\"
+        return " & ".join(latex_escape(str(cell)) for cell in cells) + r" \\"
 
     body = [line(list(values)) for values in shown.itertuples(index=False)]
     return "\n".join(
@@ -125,9 +153,11 @@ def html(shown: pd.DataFrame, escape: bool = True) -> str:
     return shown.to_html(index=False, border=0, escape=escape)
 
 
-def render(table: pd.DataFrame, columns: Sequence[Column], fmt: str) -> str:
-    """A numeric frame as text in one of `FORMATS`."""
+def render(
+    table: pd.DataFrame, columns: Sequence[Column], fmt: str, interval: str = "spread"
+) -> str:
+    """A numeric frame as text in one of `FORMATS`, spreads as ± std or 95 % intervals."""
     if fmt == "csv":
-        return table[csv_columns(columns)].to_csv(index=False)
-    shown = display(table, columns)
+        return table[csv_columns(columns, interval)].to_csv(index=False)
+    shown = display(table, columns, interval)
     return {"markdown": markdown, "latex": latex}[fmt](shown)

@@ -13,6 +13,7 @@ from cifar_mlflow import schema
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.console import Group, hint_when_interrupted
 from cifar_mlflow.errors import OptionError, UserError
+from cifar_mlflow.registry_options import registry_options
 from cifar_mlflow.server.cli import server
 from cifar_mlflow.training_options import TrainingCommand, overrides_from
 
@@ -151,15 +152,7 @@ def train(experiment: str, study: str, resume: str | None, **options: Any) -> No
     show_default=True,
     help="GPUs Ray reserves for each trial; 0.25 lets four small trials share a GPU.",
 )
-@click.option(
-    "--register",
-    type=click.BOOL,
-    default=True,
-    show_default=True,
-    metavar="BOOLEAN",
-    help="Register the best trial as cifar10-<study>@champion if it beats the champion.",
-)
-@click.option("--no-register", is_flag=True, help="The same as --register false.")
+@registry_options
 @experiment_option
 @fails_launcher_run
 @hint_when_interrupted("the sweep is marked KILLED; run the same command again to continue it.")
@@ -173,6 +166,7 @@ def sweep(
     gpus_per_trial: float,
     register: bool,
     no_register: bool,
+    min_delta: float,
     experiment: str,
     **options: Any,
 ) -> None:
@@ -194,6 +188,7 @@ def sweep(
         ray_options=RayOptions(ray_address, cpus_per_trial, gpus_per_trial),
         experiment=experiment,
         register=register and not no_register,
+        min_delta=min_delta,
     )
     shown = (TrialStatus.FINISHED, TrialStatus.REUSED)
     if loaded.search is not None:

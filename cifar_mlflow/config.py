@@ -159,8 +159,16 @@ class TrainConfig:
         so the same trial has the same key on every machine, whatever the unused options say
         and whichever other models are registered.
         """
-        skipped = {*self.unused_fields(), "data_dir", "checkpoint_dir", *HOW_IT_RUNS}
-        relevant = {k: v for k, v in self.to_params().items() if k not in skipped}
+        return self._key(skipped=())
+
+    def seed_group(self) -> str:
+        """The trial key without the seed: equal for the runs of a setting that differ only by
+        their seed, which the statistics of a setting are taken over (docs/statistics.md)."""
+        return self._key(skipped=("seed",))
+
+    def _key(self, skipped: tuple[str, ...]) -> str:
+        left_out = {*skipped, *self.unused_fields(), "data_dir", "checkpoint_dir", *HOW_IT_RUNS}
+        relevant = {k: v for k, v in self.to_params().items() if k not in left_out}
         text = json.dumps(relevant, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

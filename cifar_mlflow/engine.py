@@ -309,6 +309,7 @@ def _test(run: _Training, callbacks: Sequence[Callback]) -> FinalMetrics:
         best_valid_acc=max(valid_accs, default=0.0),
         num_params=count_parameters(run.model),
         train_epoch_time_s=train_epoch_time,
+        train_time_s=sum(run.epoch_times),
         inference_time_s=valid_time,
         train_images_per_s=len(run.data.train) / train_epoch_time,
         inference_images_per_s=len(run.data.valid) / valid_time,

@@ -25,10 +25,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, ErrorCode
 
 from cifar_mlflow import schema
+from cifar_mlflow.champion_evidence import ChampionDecision
 from cifar_mlflow.errors import UserError
 from cifar_mlflow.reachability import redact_uri
 from cifar_mlflow.tracking.lookups import is_missing, run_by_id
-from cifar_mlflow.tracking.pages import finished_sweep_trials
+from cifar_mlflow.tracking.pages import FINISHED, finished_sweep_trials, quoted, search_runs
 
 RANKING_METRIC = schema.METRIC_BEST_VALID_ACC
 
@@ -60,12 +61,17 @@ def registered_model_name(study: str) -> str:
 
 
 def register_sweep_champion(
-    study: str, parent_run_id: str, echo: Callable[[str], None] = lambda line: None
+    study: str,
+    parent_run_id: str,
+    echo: Callable[[str], None] = lambda line: None,
+    min_delta: float = 0.0,
 ) -> Registration | None:
     """Register the sweep's best trial as `cifar10-<study>@champion` if it beats the champion.
 
-    Returns the new version, or None when no trial has a model or the champion is as good;
-    `echo` gets one line saying which.
+    With at least two seeds on both sides, "beats" means the 95 % interval of the lead is above
+    `min_delta` (`ChampionDecision.decide`); with one seed, a higher `best_valid_acc`.
+    Returns the new version, or None when no trial has a model or the champion stays; `echo`
+    gets a line saying which, and why.
     """
     client = MlflowClient()
     name = registered_model_name(study)
@@ -74,15 +80,17 @@ def register_sweep_champion(
         if model is None:
             continue  # e.g. stopped early: no model to serve
         champion = champion_version(client, name)
+        evidence: dict[str, str] = {}
         if champion is not None:
-            kept = version_accuracy(client, champion)
-            if kept >= accuracy(run):
+            decision = decide_champion(client, champion, run, min_delta)
+            if not decision.moves:
                 echo(
-                    f"{name}@{schema.CHAMPION_ALIAS} stays version {champion.version} "
-                    f"({RANKING_METRIC} {kept:.4f}; this sweep's best: {accuracy(run):.4f})"
+                    f"{name}@{schema.CHAMPION_ALIAS} stays version {champion.version} ({decision})"
                 )
                 return None
-        registration = register(client, run, model, name)
+            echo(f"{name}@{schema.CHAMPION_ALIAS} moves: {decision}")
+            evidence = decision.tags()
+        registration = register(client, run, model, name, evidence)
         client.set_registered_model_alias(name, schema.CHAMPION_ALIAS, registration.version)
         registration = dataclasses.replace(registration, champion=True)
         echo(registration.describe().capitalize())
@@ -141,6 +149,32 @@ def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
         return None
 
 
+def seed_group_accuracies(client: MlflowClient, run: Run) -> list[float]:
+    """`best_valid_acc` of every finished run of `run`'s seed group in its experiment: the
+    runs of its setting with other seeds. Only `run`'s own for a run without the tag."""
+    group = run.data.tags.get(schema.TAG_SEED_GROUP)
+    if not group:
+        return [accuracy(run)]
+    runs = search_runs(
+        client,
+        [run.info.experiment_id],
+        f"tags.{schema.TAG_SEED_GROUP} = {quoted(group)} AND {FINISHED}",
+    )
+    return [accuracy(found) for found in runs if math.isfinite(accuracy(found))]
+
+
+def decide_champion(
+    client: MlflowClient, champion: ModelVersion, challenger: Run, min_delta: float
+) -> ChampionDecision:
+    """Whether `challenger` replaces `champion`, from both seed groups' accuracies."""
+    value = version_accuracy(client, champion)
+    source_id = champion.tags.get(schema.TAG_SOURCE_RUN_ID) or champion.run_id
+    kept = seed_group_accuracies(client, client.get_run(source_id)) if source_id else [value]
+    return ChampionDecision.decide(
+        kept, seed_group_accuracies(client, challenger), min_delta, value, accuracy(challenger)
+    )
+
+
 def version_accuracy(client: MlflowClient, version: ModelVersion) -> float:
     """The champion's `best_valid_acc`: its tag, else (a version registered by hand) its run's."""
     if RANKING_METRIC in version.tags:
@@ -150,9 +184,17 @@ def version_accuracy(client: MlflowClient, version: ModelVersion) -> float:
     return -math.inf
 
 
-def register(client: MlflowClient, run: Run, model: LoggedModel, name: str) -> Registration:
-    """A new version of `name` (created if needed) from `run`'s logged model, with its tags."""
+def register(
+    client: MlflowClient,
+    run: Run,
+    model: LoggedModel,
+    name: str,
+    evidence: dict[str, str] | None = None,
+) -> Registration:
+    """A new version of `name` (created if needed) from `run`'s logged model, with its tags
+    (and the `evidence` tags of the champion decision that chose it)."""
     tags = {
+        **(evidence or {}),
         schema.TAG_STUDY: run.data.tags.get(schema.TAG_STUDY, schema.NO_STUDY),
         schema.TAG_MODEL: run.data.tags.get(schema.TAG_MODEL, ""),
         schema.TAG_TRIAL_KEY: run.data.tags.get(schema.TAG_TRIAL_KEY, ""),

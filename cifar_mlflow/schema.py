@@ -20,6 +20,7 @@ EXPERIMENT_KIND = "custom_model_development"
 TAG_STUDY = "study"
 TAG_MODEL = "model"
 TAG_TRIAL_KEY = "trial_key"
+TAG_SEED_GROUP = "seed_group"  # the trial key without the seed: the runs a setting's stats use
 TAG_SEED = "seed"
 TAG_TORCH_DEVICE = "torch_device"  # the device actually used when `device=auto`
 TAG_TORCH_PRECISION = "torch_precision"  # fp32, tf32 or bf16: how matmuls actually ran
@@ -62,6 +63,7 @@ METRIC_TEST_LOSS = "test_loss"
 METRIC_TEST_ACC = "test_acc"
 METRIC_NUM_PARAMS = "num_params"
 METRIC_TRAIN_EPOCH_TIME_S = "train_epoch_time_s"
+METRIC_TRAIN_TIME_S = "train_time_s"
 METRIC_INFERENCE_TIME_S = "inference_time_s"
 METRIC_TRAIN_IMAGES_PER_S = "train_images_per_s"
 METRIC_INFERENCE_IMAGES_PER_S = "inference_images_per_s"
@@ -94,6 +96,7 @@ class FinalMetrics:
     best_valid_acc: float  # the best epoch's valid_acc, what sweeps rank trials by
     num_params: int
     train_epoch_time_s: float  # median training pass over the epochs after the first
+    train_time_s: float  # every epoch's training pass, summed: the compute the run spent
     inference_time_s: float  # eval forward pass over the valid split, median after a warm-up
     train_images_per_s: float
     inference_images_per_s: float
@@ -133,3 +136,10 @@ TAG_SOURCE_RUN_ID = "source_run_id"
 # MLflow's own field of a logged model (a search filter field), spelled like the tag above.
 LOGGED_MODEL_SOURCE_RUN = TAG_SOURCE_RUN_ID
 VERSION_METRICS = (METRIC_BEST_VALID_ACC, METRIC_TEST_ACC)
+# The evidence a sweep's champion decision had (issue 24): the challenger's lead over the
+# champion it replaced in best_valid_acc (mean over seeds), Welch's 95 % interval, the seeds.
+TAG_EVIDENCE_DIFFERENCE = "evidence_difference"
+TAG_EVIDENCE_CI_LOW = "evidence_ci_low"
+TAG_EVIDENCE_CI_HIGH = "evidence_ci_high"
+TAG_EVIDENCE_SEEDS = "evidence_seeds"  # "challenger N, champion M"
+TAG_EVIDENCE = "evidence"  # the decision in words, e.g. "1 seed: no interval, compared runs"

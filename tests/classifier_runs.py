@@ -47,8 +47,11 @@ def trial(
     best_valid_acc: float,
     test_acc: float,
     with_model: bool = True,
+    seed_group: str | None = None,
 ) -> str:
-    """A FINISHED trial of `parent_run_id` (None: a run outside any sweep); returns its id."""
+    """A FINISHED trial of `parent_run_id` (None: a run outside any sweep); returns its id.
+
+    Trials with the same `seed_group` are seeds of one setting (tag `seed_group`)."""
     client = MlflowClient()
     tags = {
         schema.TAG_STUDY: STUDY if parent_run_id else schema.NO_STUDY,
@@ -57,6 +60,8 @@ def trial(
     }
     if parent_run_id:
         tags[schema.TAG_PARENT_RUN_ID] = parent_run_id
+    if seed_group:
+        tags[schema.TAG_SEED_GROUP] = seed_group
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
     metrics = {schema.METRIC_BEST_VALID_ACC: best_valid_acc, schema.METRIC_TEST_ACC: test_acc}
     client.log_batch(

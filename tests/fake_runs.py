@@ -121,7 +121,7 @@ def fake_metrics(config: TrainConfig, finished: bool = True) -> tuple[list[Metri
     timings = _timings(config, rng)
     # A failed trial crashed after a third of its epochs.
     epochs = config.epochs if finished else max(1, config.epochs // 3)
-    metrics, valid_accs = [], []
+    metrics, valid_accs, epoch_times = [], [], []
     for epoch in range(1, epochs + 1):
         progress = 1 - math.exp(-3 * epoch / config.epochs)
         train_acc = min(0.999, 0.1 + (quality - 0.05) * progress + rng.gauss(0, 0.005))
@@ -137,6 +137,7 @@ def fake_metrics(config: TrainConfig, finished: bool = True) -> tuple[list[Metri
             epoch_time_s=timings[schema.METRIC_TRAIN_EPOCH_TIME_S] * rng.uniform(0.98, 1.02),
             lr=config.lr,
         ).metrics()
+        epoch_times.append(values[schema.METRIC_EPOCH_TIME_S])
         metrics += [Metric(key, value, timestamp, epoch) for key, value in values.items()]
     if finished:
         test_acc = valid_accs[-1] + rng.gauss(0, 0.005)
@@ -145,6 +146,7 @@ def fake_metrics(config: TrainConfig, finished: bool = True) -> tuple[list[Metri
             test_acc=test_acc,
             best_valid_acc=max(valid_accs),
             num_params=num_params(config),
+            train_time_s=sum(epoch_times),
             **timings,
         ).metrics()
         metrics += [Metric(key, float(value), timestamp, 0) for key, value in final.items()]

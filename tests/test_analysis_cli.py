@@ -244,8 +244,12 @@ def test_report_with_every_study_holds_every_figure_and_table_1(
     for label in [f"Figure {n}" for n in range(1, 8)] + ["Table 1"]:
         assert f"<h3>{label}</h3>" in html
     images = re.findall(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]+"', html)
-    assert len(images) == 7  # five curve panels, two weight images
-    assert html.count("<table") == 1 + 5 + 1  # best configurations, per-study summaries, Table 1
+    # Five curve panels, two weight images, five accuracy-against-compute figures.
+    assert len(images) == 7 + 5
+    # Best configurations, per-study summaries, Table 1, the source's claims of activation, lr
+    # and patch, per-study compute.
+    assert html.count("<table") == 1 + 5 + 1 + 3 + 5
+    assert html.count("<h3>Conclusions</h3>") == 5 and "2 seeds each" in html
     assert "Missing" not in html and not external_references(html)
     assert "<link" not in html and "<script" not in html
     assert "open <code>mlflow ui</code>" in html  # no server: run ids as text

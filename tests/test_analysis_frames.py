@@ -145,10 +145,24 @@ def test_table1_markdown_shows_units_and_mean_plus_minus_std():
     assert first == "| 2 | 2,000 | 55.0 ± 7.1 | 5.50 ± 0.71 | 79.00 ± 1.41 | 2 |"
 
 
-def test_table1_csv_parses_back_to_the_same_numbers():
+@pytest.mark.parametrize("interval", tables.INTERVALS)
+def test_table1_csv_parses_back_to_the_same_numbers(interval):
     table = frames.table1(table1_trials(seeds=2))
-    parsed = pd.read_csv(io.StringIO(tables.render(table, tables.TABLE1_COLUMNS, "csv")))
-    pd.testing.assert_frame_equal(parsed, table, check_dtype=False)
+    text = tables.render(table, tables.TABLE1_COLUMNS, "csv", interval)
+    parsed = pd.read_csv(io.StringIO(text))
+    shown = tables.csv_columns(tables.TABLE1_COLUMNS, interval)
+    assert ("test_acc_ci_low" in shown) == (interval == "ci")
+    pd.testing.assert_frame_equal(parsed, table[shown], check_dtype=False)
+
+
+def test_table1_can_show_the_95_percent_interval_and_says_so():
+    text = tables.render(
+        frames.table1(table1_trials(seeds=2)), tables.TABLE1_COLUMNS, "markdown", "ci"
+    )
+    header, _, first, *_ = text.splitlines()
+    assert "Test accuracy (%, mean [95 % CI])" in header and "Seeds" in header
+    # patch 2, accuracy 0.78 and 0.80: 79 ± t(0.975, 1) × 1 = 79 ± 12.71 points.
+    assert "| 79.00 [66.29, 91.71] | 2 |" in first
 
 
 def test_latex_escapes_specials_and_typesets_plus_minus():
@@ -238,3 +252,22 @@ def test_curves_figure_bands_several_seeds_and_says_so_in_the_legend():
         assert len(ax.collections) == 2
     legend_texts = [text.get_text() for text in figure.legends[0].get_texts()]
     assert "line: mean, band: min-max over 2 seeds" in legend_texts
+
+
+def test_curves_give_the_95_percent_interval_of_the_mean_per_epoch():
+    trials = frames.with_settings(make_trials([{"lr": "0.1"}, {"lr": "0.1"}]), ["lr"])
+    history = make_history(["r0", "r1"], 2, lambda run, _, step: step + (run == "r1"))
+    row = frames.curves(history, trials).iloc[0]
+    # Values s and s + 1: mean s + 0.5, standard error 0.5, t(0.975, 1) = 12.706.
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(
+        (row["mean"] - 6.3531, row["mean"] + 6.3531), abs=1e-3
+    )
+
+
+def test_curves_figure_can_band_the_interval_and_says_so():
+    curves = make_curves({"a": 2}).assign(ci_low=0.1, ci_high=0.9)
+    figure = curves_figure(curves, "t", interval="ci")
+    band = figure.get_axes()[0].collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == pytest.approx(0.1) and band.max() == pytest.approx(0.9)
+    legend_texts = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert "line: mean, band: 95 % CI of the mean over 2 seeds" in legend_texts

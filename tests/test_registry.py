@@ -83,7 +83,7 @@ def test_only_a_better_sweep_adds_a_version_and_moves_the_alias(experiment_id):
     assert register_sweep_champion(STUDY, worse, lines.append) is None
     assert lines == [
         f"{NAME}@champion stays version 1 ({schema.METRIC_BEST_VALID_ACC} 0.6000; "
-        "this sweep's best: 0.5800)"
+        "this sweep's best: 0.5800; not testable: 1 seed, single runs compared)"
     ]
     # A re-run that reuses every trial: the same best trial, as good as itself.
     rerun = sweep_parent(experiment_id, reused=(champion,))
@@ -95,6 +95,44 @@ def test_only_a_better_sweep_adds_a_version_and_moves_the_alias(experiment_id):
     registration = register_sweep_champion(STUDY, better)
     assert registration is not None and registration.version == "2"
     assert versions() == ["1", "2"] and champion_run_id() == winner
+
+
+def seeds_of(experiment_id: str, parent: str, group: str, accuracies: list[float]) -> str:
+    """Trials of one setting with these accuracies; only the best logs a model. Its run id."""
+    best = max(accuracies)
+    ids = [
+        trial(experiment_id, parent, a, a, with_model=a == best, seed_group=group)
+        for a in accuracies
+    ]
+    return ids[accuracies.index(best)]
+
+
+def test_the_alias_moves_only_for_a_lead_above_the_noise_with_the_evidence_on_it(experiment_id):
+    first = sweep_parent(experiment_id)
+    champion = seeds_of(experiment_id, first, "a", [0.60, 0.61, 0.59])
+    register_sweep_champion(STUDY, first)
+
+    # Its best seed beats the champion's best seed, its mean by 1 point: within the noise.
+    noisy = sweep_parent(experiment_id)
+    seeds_of(experiment_id, noisy, "b", [0.62, 0.58, 0.63])
+    lines: list[str] = []
+    assert register_sweep_champion(STUDY, noisy, lines.append) is None
+    assert versions() == ["1"] and champion_run_id() == champion
+    (line,) = lines
+    assert line.startswith(f"{NAME}@champion stays version 1 (the challenger's lead +1.00 points")
+    assert "is not above 0 points; seeds: challenger 3, champion 3" in line
+
+    clear = sweep_parent(experiment_id)
+    winner = seeds_of(experiment_id, clear, "c", [0.700, 0.705, 0.695])
+    assert register_sweep_champion(STUDY, clear, min_delta=0.15) is None  # 10 points < 15
+    registration = register_sweep_champion(STUDY, clear)
+    assert registration is not None and champion_run_id() == winner
+    tags = MlflowClient().get_model_version(NAME, registration.version).tags
+    assert float(tags[schema.TAG_EVIDENCE_DIFFERENCE]) == pytest.approx(0.10)
+    low, high = float(tags[schema.TAG_EVIDENCE_CI_LOW]), float(tags[schema.TAG_EVIDENCE_CI_HIGH])
+    assert 0 < low < 0.10 < high
+    assert tags[schema.TAG_EVIDENCE_SEEDS] == "challenger 3, champion 3"
+    assert "is above 0 points" in tags[schema.TAG_EVIDENCE]
 
 
 def test_a_sweep_without_any_model_registers_nothing(experiment_id):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis import frames, plots, report, tables
+from analysis import comparisons, compute, frames, plots, report, tables
 from cifar_mlflow import schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,6 +253,8 @@ def test_epoch_and_final_metric_names_do_not_collide() -> None:
     [
         ("frames.SUMMARY_METRICS", frames.SUMMARY_METRICS),
         ("frames.TABLE1_METRICS", frames.TABLE1_METRICS),
+        ("comparisons.METRICS", (*comparisons.METRICS, comparisons.SPEED_METRIC)),
+        ("compute.HISTORY_METRICS", compute.HISTORY_METRICS),
         *(
             (f"{name}.source", [column.source for column in columns if column.spread])
             for name, columns in (

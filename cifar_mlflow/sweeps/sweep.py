@@ -137,13 +137,14 @@ def run_sweep(
     ray_options: RayOptions | None = None,
     experiment: str | None = None,
     register: bool = True,
+    min_delta: float = 0.0,
     echo: Callable[[str], None] = click.echo,
 ) -> SweepResult:
     """Run `study` with `overrides` as one parent run with a nested run per missing trial.
 
     `trials` overrides a searched study's number of trials; `seeds` a grid's number of seeds.
     With `register`, the best trial becomes `cifar10-<study>@champion` if it beats the
-    champion (`registry.register_sweep_champion`).
+    champion (`registry.register_sweep_champion`; `min_delta`: the lead it needs).
     """
     plan = plan_for(study, overrides, seeds, trials)
     ray_options = ray_options or RayOptions()
@@ -171,7 +172,7 @@ def run_sweep(
         outcomes = plan.run_trials(runner, parent, echo)
         summarise(parent, outcomes)
         if register:
-            register_sweep_champion(study.name, parent.run_id, echo)
+            register_sweep_champion(study.name, parent.run_id, echo, min_delta)
         result = SweepResult(parent.run_id, run_link(parent.experiment_id, parent.run_id), outcomes)
         if result.failures:
             # Raised inside the parent run so that it ends FAILED with the reason on it.

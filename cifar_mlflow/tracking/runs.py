@@ -32,6 +32,7 @@ def run_tags(config: TrainConfig, study: str, env: Environment) -> dict[str, str
         schema.TAG_STUDY: study,
         schema.TAG_MODEL: config.model,
         schema.TAG_TRIAL_KEY: config.trial_key(),
+        schema.TAG_SEED_GROUP: config.seed_group(),
         schema.TAG_SEED: str(config.seed),
         schema.TAG_TORCH_DEVICE: str(env.device),
         schema.TAG_TORCH_PRECISION: env.precision,
