@@ -26,7 +26,7 @@ from cifar_mlflow.checkpoint import (
 )
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import DeviceData, Split, augment
-from cifar_mlflow.environment import Environment
+from cifar_mlflow.environment import Environment, with_torch_settings
 from cifar_mlflow.errors import TrainingError
 from cifar_mlflow.eval_memory import with_eval_batch_for_memory
 from cifar_mlflow.models import build_model, count_parameters
@@ -198,6 +198,7 @@ def train_one_epoch(
     return loss_sum.item() / len(split), correct.item() / len(split)
 
 
+@with_torch_settings
 def fit(
     config: TrainConfig,
     data: DeviceData,
