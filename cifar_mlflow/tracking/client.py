@@ -9,6 +9,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Experiment, Run
 from mlflow.exceptions import MlflowException
+from mlflow.tracking._tracking_service.utils import _tracking_store_registry
 
 from cifar_mlflow import schema
 from cifar_mlflow.errors import UserError
@@ -30,8 +31,22 @@ def run_id_from_mlflow_run() -> str | None:
 
 
 def check_tracking_server() -> None:
-    """One line within seconds, instead of MLflow's minutes of retries, if the server is gone."""
-    check_reachable(mlflow.get_tracking_uri())
+    """One line within seconds, instead of MLflow's minutes of retries, if the server is gone.
+
+    A URI whose scheme no MLflow store takes is one line too, not MLflow's traceback.
+    """
+    uri = mlflow.get_tracking_uri()
+    try:
+        _tracking_store_registry.get_store_builder(uri)
+    except MlflowException:
+        schemes = " | ".join(
+            f"{scheme}://" for scheme in _tracking_store_registry._registry if scheme
+        )
+        raise UserError(
+            f"tracking URI {redact_uri(uri)} has a scheme MLflow cannot log to; use a folder "
+            f"path or one of {schemes}"
+        ) from None
+    check_reachable(uri)
 
 
 def worker_environment() -> dict[str, str]:
