@@ -1,7 +1,7 @@
 """Every metric point arrives exactly once, whatever the tracking server answers (issue 22).
 
 The saturated server is a real one: `mlflow server` on a PostgreSQL whose `max_connections`
-is 3, so that concurrent requests beyond 3 are refused (`too many clients`) and the server
+is 5 (the idle server holds 3), so that concurrent requests beyond 2 are refused (`too many clients`) and the server
 answers 503. MLflow's own client retries a 500 for minutes before giving up; the
 writers here get `MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`, which brings the moment it gives up (and
 MLflow's asynchronous logging drops the batch) to the first refusal.
@@ -20,13 +20,13 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
 from cifar_mlflow.server.postgres import free_port
-from cifar_mlflow.tracking.metric_writer import MetricsLostError, MetricWriter
+from cifar_mlflow.tracking.metric_writer import REFUSED_FOR_GOOD, MetricsLostError, MetricWriter
 from tests.metric_writer_worker import epoch_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +40,11 @@ def as_postgres(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
+def postgres(program: str, *args: object) -> None:
+    command = [str(POSTGRES_BIN / program), *map(str, args)]
+    subprocess.run(as_postgres(command), check=True, capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def saturated_server() -> Iterator[str]:
     if not (POSTGRES_BIN / "initdb").exists():
@@ -48,17 +53,17 @@ def saturated_server() -> Iterator[str]:
     cluster, db_port, port = folder / "db", free_port(), free_port()
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres")
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": True}
-    subprocess.run(as_postgres([str(POSTGRES_BIN / "initdb"), "-D", str(cluster), "-U",
-                                "mlflow", "--auth=trust", "--no-locale", "-E", "UTF8"]), **quiet)  # fmt: skip
-    options = (f"-p {db_port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
-               "-c max_connections=3 -c superuser_reserved_connections=0")  # fmt: skip
-    subprocess.run(as_postgres([str(POSTGRES_BIN / "pg_ctl"), "start", "-D", str(cluster), "-l",
-                                str(folder / "postgres.log"), "-w", "-o", options]), **quiet)  # fmt: skip
+    options = (
+        f"-p {db_port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
+        "-c max_connections=5 -c superuser_reserved_connections=0"
+    )
+    log = folder / "postgres.log"
+    postgres("initdb", "-D", cluster, "-U", "mlflow", "--auth=trust", "--no-locale", "-E", "UTF8")
+    postgres("pg_ctl", "start", "-D", cluster, "-l", log, "-w", "-o", options)
     server = None
     try:
-        subprocess.run([str(POSTGRES_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(db_port),
-                        "-U", "mlflow", "mlflow"], **quiet)  # fmt: skip
+        createdb = [POSTGRES_BIN / "createdb", "-h", "127.0.0.1", "-p", db_port, "-U", "mlflow"]
+        subprocess.run([*map(str, createdb), "mlflow"], check=True, capture_output=True)
         # No job runners: their idle connections would leave the request handlers none at all.
         env = {
             **os.environ,
@@ -66,13 +71,13 @@ def saturated_server() -> Iterator[str]:
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         }
         log = (folder / "server.log").open("w")
+        store = f"postgresql+psycopg2://mlflow@127.0.0.1:{db_port}/mlflow"
+        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
+        command += ["--port", str(port), "--workers", "1", "--backend-store-uri", store]
+        command += ["--default-artifact-root", str(folder / "artifacts")]
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1", "--backend-store-uri",
-             f"postgresql+psycopg2://mlflow@127.0.0.1:{db_port}/mlflow",
-             "--default-artifact-root", str(folder / "artifacts")],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         uri = f"http://127.0.0.1:{port}"
         for _ in range(120):
             try:
@@ -86,8 +91,7 @@ def saturated_server() -> Iterator[str]:
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
-        subprocess.run(as_postgres([str(POSTGRES_BIN / "pg_ctl"), "stop", "-D", str(cluster),
-                                    "-m", "immediate"]), stdout=subprocess.DEVNULL)  # fmt: skip
+        postgres("pg_ctl", "stop", "-D", cluster, "-m", "immediate")
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -112,7 +116,7 @@ def test_8_writers_by_30_epochs_on_a_saturated_server_log_every_point_once(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         for run_id in run_ids
     ]
     outputs = [writer.communicate(timeout=240)[0] for writer in writers]
@@ -123,3 +127,69 @@ def test_8_writers_by_30_epochs_on_a_saturated_server_log_every_point_once(
         for key in EPOCH_KEYS:
             steps = Counter(point.step for point in client.get_metric_history(run_id, key))
             assert steps == Counter(range(1, EPOCHS + 1)), (key, steps, output[-3000:])
+
+
+def test_a_retry_after_a_write_the_server_applied_but_did_not_answer_doubles_nothing(
+    tracking_store, monkeypatch
+):
+    """The first write lands, then fails (a lost answer): the retry sends the same points."""
+    run_id = MlflowClient().create_run("0").info.run_id
+    real_log_batch = MlflowClient.log_batch
+    calls = []
+
+    def lands_then_fails(self, *args, **kwargs):
+        calls.append(args)
+        real_log_batch(self, *args, **kwargs)
+        if len(calls) == 1:
+            raise MlflowException("the answer was lost", error_code=TEMPORARILY_UNAVAILABLE)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", lands_then_fails)
+    writer = MetricWriter(run_id, first_retry_s=0.01)
+    for epoch in (1, 2):
+        writer.write(epoch_metrics(epoch).metrics(), step=epoch)
+    writer.close()
+    assert len(calls) == 3
+    for key in EPOCH_KEYS:
+        steps = [point.step for point in MlflowClient().get_metric_history(run_id, key)]
+        assert sorted(steps) == [1, 2], key
+
+
+def test_a_server_gone_for_good_fails_the_run_loudly(tracking_store, monkeypatch):
+    run_id = MlflowClient().create_run("0").info.run_id
+
+    def refused(self, *args, **kwargs):
+        raise MlflowException("connection refused", error_code=TEMPORARILY_UNAVAILABLE)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", refused)
+    writer = MetricWriter(run_id, gone_after_s=0.05, first_retry_s=0.01, answers=lambda uri: False)
+    writer.write({"train_loss": 1.0}, step=1)
+    with pytest.raises(MetricsLostError, match=f"step 1 of run {run_id} and later were not"):
+        writer.close()
+
+
+def test_a_server_that_answers_is_waited_for_however_long_it_refuses(tracking_store, monkeypatch):
+    run_id = MlflowClient().create_run("0").info.run_id
+    refusals = iter(range(5))
+    real_log_batch = MlflowClient.log_batch
+
+    def saturated(self, *args, **kwargs):
+        if next(refusals, None) is not None:
+            raise MlflowException("too many clients", error_code=TEMPORARILY_UNAVAILABLE)
+        real_log_batch(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", saturated)
+    writer = MetricWriter(run_id, gone_after_s=0, first_retry_s=0.01, answers=lambda uri: True)
+    writer.write({"train_loss": 1.0}, step=1)
+    writer.close()
+    assert [p.step for p in MlflowClient().get_metric_history(run_id, "train_loss")] == [1]
+
+
+def test_a_write_the_store_refuses_for_good_is_not_retried(tracking_store):
+    client = MlflowClient()
+    run_id = client.create_run("0").info.run_id
+    client.delete_run(run_id)
+    writer = MetricWriter(run_id, first_retry_s=60)  # a retry would outlast the test
+    writer.write({"train_loss": 1.0}, step=1)
+    with pytest.raises(MlflowException) as error:
+        writer.close()
+    assert error.value.error_code in REFUSED_FOR_GOOD
