@@ -102,6 +102,7 @@ def created_runs(count: int) -> list[str]:
     return [client.create_run(experiment_id).info.run_id for _ in range(count)]
 
 
+@pytest.mark.e2e
 def test_8_writers_by_30_epochs_on_a_saturated_server_log_every_point_once(
     saturated_server, monkeypatch
 ):
