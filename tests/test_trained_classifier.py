@@ -9,6 +9,7 @@ images, `python -m cifar_mlflow predict` on the files, and `mlflow models serve`
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,7 +137,9 @@ def test_served_over_http_it_names_each_colour(tracked, colour_files, tmp_path):
     paths, _, right = colour_files
     # What a client sends: the files as read, not the test's arrays.
     images = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in paths])
-    with model_server(tracked, tmp_path, dict(os.environ)) as (url, _):
+    # The scoring server runs `uvicorn` by name: the one beside this interpreter.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    with model_server(tracked, tmp_path, {**os.environ, "PATH": path}) as (url, _):
         response = requests.post(f"{url}/invocations", json={"inputs": images.tolist()}, timeout=60)
     assert response.status_code == 200, response.text
     assert [row["class"] for row in response.json()["predictions"]] == right
