@@ -1,10 +1,10 @@
 """Every metric point arrives exactly once, whatever the tracking server answers (issue 22).
 
 The saturated server is a real one: `mlflow server` on a PostgreSQL whose `max_connections`
-is 5 (the idle server holds 3), so that concurrent requests beyond 2 are refused (`too many clients`) and the server
-answers 503. MLflow's own client retries a 500 for minutes before giving up; the
-writers here get `MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`, which brings the moment it gives up (and
-MLflow's asynchronous logging drops the batch) to the first refusal.
+is 5 (the idle server holds 3), so that concurrent requests beyond 2 are refused (`too many
+clients`) and the server answers 503. MLflow's own client retries a 503 for minutes before
+giving up; the writers here get `MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`, which brings the moment it
+gives up (and MLflow's asynchronous logging drops the batch) to the first refusal.
 """
 
 from __future__ import annotations
