@@ -21,6 +21,7 @@ import torch
 from cifar_mlflow import cifar_pickle
 from cifar_mlflow.cifar_pickle import CIFAR_FOLDER, CLASS_NAMES, TRAIN_BATCHES
 from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.data_checks import check_batch
 from cifar_mlflow.errors import UserError
 from cifar_mlflow.synthetic import write_synthetic_cifar
 
@@ -143,6 +144,7 @@ def _unpickle(path: Path) -> dict:
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     batch = _unpickle(path)
+    check_batch(path, batch)
     try:
         images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch["labels"], dtype=np.int64)

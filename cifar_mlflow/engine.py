@@ -28,7 +28,7 @@ from cifar_mlflow.checkpoint import (
 )
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import DeviceData, Split
-from cifar_mlflow.environment import Environment
+from cifar_mlflow.environment import Environment, with_torch_settings
 from cifar_mlflow.errors import DivergedLossError, NonFiniteLossError
 from cifar_mlflow.eval_memory import with_eval_batch_for_memory
 from cifar_mlflow.models import build_model, count_parameters
@@ -186,6 +186,7 @@ class _Training:
     epoch_times: list[float] = field(default_factory=list)
 
 
+@with_torch_settings
 def fit(
     config: TrainConfig,
     data: DeviceData,

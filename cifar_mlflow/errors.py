@@ -26,6 +26,10 @@ class ExecutorError(UserError):
     """An executor that does not exist, is not installed, or options it does not take."""
 
 
+class TrackingUriError(UserError):
+    """A tracking URI no MLflow store takes."""
+
+
 class OptionError(UserError):
     """A command-line option with a value the command cannot take, or that does not fit."""
 

@@ -8,11 +8,13 @@ import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
 from cifar_mlflow.cifar_pickle import CIFAR_FOLDER, TRAIN_BATCHES
+from cifar_mlflow.cifar_pickle import load as read_pickle
 from cifar_mlflow.cli import main as cifar_main
 from cifar_mlflow.environment import available_devices
 from cifar_mlflow.synthetic import write_synthetic_cifar
@@ -37,6 +39,30 @@ BAD_SEARCHES = {
         "lr: {log_uniform: [1.0e-5, 1.0e-1]}", "drop_rate: {uniform: [0, 1]}"
     ),
 }
+
+# Data sets that load but hold something else (issue 22): a test batch broken each way, in
+# the folders `dataset=cifar10` and `dataset=synthetic` read under that data_dir.
+BAD_DATA_SETS = {
+    "bad-labels": lambda images, labels: (images, [10, *labels[1:]]),
+    "negative-labels": lambda images, labels: (images, [*labels[:-1], -1]),
+    "float-labels": lambda images, labels: (images, [label + 0.5 for label in labels]),
+    "float-images": lambda images, labels: (images.astype(np.float32), labels),
+    "hwc-images": lambda images, labels: (
+        images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1),
+        labels,
+    ),
+    "small-images": lambda images, labels: (images[:, : 3 * 16 * 16], labels),
+    "extra-label": lambda images, labels: (images, [*labels, 0]),
+}
+
+
+def write_bad_data_set(data_dir: Path, name: str) -> None:
+    for folder in (data_dir / CIFAR_FOLDER, data_dir / "synthetic" / CIFAR_FOLDER):
+        write_synthetic_cifar(folder, 50, 10)
+        with (folder / "test_batch").open("rb") as handle:
+            batch = read_pickle(handle)
+        images, labels = BAD_DATA_SETS[name](batch["data"], batch["labels"])
+        (folder / "test_batch").write_bytes(pickle.dumps({"data": images, "labels": labels}))
 
 
 def table_rows() -> list[tuple[str, str]]:
@@ -77,6 +103,8 @@ def bad_files(tracking_store: str, tmp_path: Path) -> Path:
     )
     for name, text in BAD_SEARCHES.items():
         (tmp_path / name).write_text(text)
+    for name in BAD_DATA_SETS:
+        write_bad_data_set(tmp_path / name, name)
     return tmp_path
 
 

@@ -75,8 +75,10 @@ def test_precision_auto_is_bf16_on_cuda_only_from_ampere(
 def test_the_precision_tag_says_tf32_where_fp32_matmuls_run_in_tf32(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert on_gpu(monkeypatch, A100, precision="fp32").precision == "tf32"
-    assert torch.backends.cuda.matmul.allow_tf32
+    env = on_gpu(monkeypatch, A100, precision="fp32")
+    assert env.precision == "tf32"
+    with environment.torch_settings(env):
+        assert torch.backends.cuda.matmul.allow_tf32
     assert on_gpu(monkeypatch, V100, precision="fp32").precision == "fp32"  # no TF32 cores
     assert environment.environment_for(TrainConfig(device="cpu", precision="fp32")).precision == (
         "fp32"
@@ -86,16 +88,56 @@ def test_the_precision_tag_says_tf32_where_fp32_matmuls_run_in_tf32(
 def test_deterministic_turns_autotuning_off_and_deterministic_kernels_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    on_gpu(monkeypatch, H100)
-    assert torch.backends.cudnn.benchmark
-    assert not torch.are_deterministic_algorithms_enabled()
-    on_gpu(monkeypatch, H100, deterministic=True)
-    assert not torch.backends.cudnn.benchmark
-    assert torch.are_deterministic_algorithms_enabled()
-    assert environment.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
-    # The next run in the same process is not deterministic unless it asks again.
-    on_gpu(monkeypatch, H100)
-    assert not torch.are_deterministic_algorithms_enabled()
+    with environment.torch_settings(on_gpu(monkeypatch, H100)):
+        assert torch.backends.cudnn.benchmark
+        assert not torch.are_deterministic_algorithms_enabled()
+    with environment.torch_settings(on_gpu(monkeypatch, H100, deterministic=True)):
+        assert not torch.backends.cudnn.benchmark
+        assert torch.are_deterministic_algorithms_enabled()
+        assert environment.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert "CUBLAS_WORKSPACE_CONFIG" not in environment.os.environ
+
+
+def global_torch_state() -> tuple:
+    return (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+        torch.are_deterministic_algorithms_enabled(),
+        environment.os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
+
+
+class GlobalStateDuringTraining(engine.Callback):
+    def __init__(self) -> None:
+        self.seen: list[tuple] = []
+
+    def on_epoch_end(self, metrics) -> None:
+        self.seen.append(global_torch_state())
+
+
+def test_two_trials_of_opposite_settings_in_one_process_each_see_only_their_own() -> None:
+    """A sweep's trials share the process: the first's global settings must not reach the next."""
+    torch.backends.cudnn.benchmark = False
+    before = global_torch_state()
+    seen = []
+    for deterministic in (True, False):
+        recorder = GlobalStateDuringTraining()
+        config = small_config(deterministic=deterministic, epochs=1)
+        engine.fit(config, tiny_data(), environment.environment_for(config), [recorder])
+        seen.append(recorder.seen[0])
+        assert global_torch_state() == before  # restored when the trial ends
+    (_, _, det_benchmark, det_kernels, det_workspace), free = seen
+    assert det_kernels and not det_benchmark and det_workspace == ":4096:8"
+    assert free[2:] == (True, False, None)  # autotuned, not deterministic, no workspace
+
+
+def test_settings_are_restored_when_a_trial_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = global_torch_state()
+    env = on_gpu(monkeypatch, H100, deterministic=True)
+    with pytest.raises(RuntimeError), environment.torch_settings(env):
+        raise RuntimeError("the trial failed")
+    assert global_torch_state() == before
 
 
 @pytest.mark.parametrize("model", model_names())

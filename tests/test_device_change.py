@@ -80,3 +80,29 @@ def test_optimizer_state_takes_its_parameters_layout_on_resume(tmp_path: Path) -
         for name, value in optimizer.state[param].items():
             if value.shape == param.shape:
                 assert value.stride() == param.stride(), name
+
+
+def test_every_optimiser_moment_is_restored_on_another_device_type(tmp_path: Path) -> None:
+    """Each moment (and step count) equals the checkpoint's, not a fresh optimiser's zeros."""
+    saved = checkpoint_after_one_epoch(tmp_path)
+    saved_moments = {
+        index: {name: value.clone() for name, value in moments.items()}
+        for index, moments in saved.optimizer["state"].items()
+    }
+    config = mixer_config()
+    model = engine.build_model(config, 10).to(memory_format=torch.channels_last)
+    optimizer = engine.build_optimizer(config, model, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(config.seed)
+    checkpoint.restore_training_state(
+        as_if_from_cuda(saved), model, optimizer, generator, config.seed
+    )
+    restored = optimizer.state_dict()["state"]
+    assert len(saved_moments) == len(list(model.parameters()))  # Adam holds state for each
+    assert restored.keys() == saved_moments.keys()
+    for index, moments in saved_moments.items():
+        assert restored[index].keys() == moments.keys()
+        for name, value in moments.items():
+            assert torch.equal(restored[index][name], value), (index, name)
+    assert any(
+        value.abs().sum() > 0 for moments in saved_moments.values() for value in moments.values()
+    )

@@ -21,9 +21,14 @@ from cifar_mlflow.sweeps.sweep import run_sweep
 
 
 def cuda_without_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This machine, as if it had a pre-Ampere GPU: CUDA present, bf16 not computed."""
+    """This machine, as if it had a V100: CUDA present, compute capability 7.0.
+
+    `torch.cuda.is_bf16_supported()` answers True there, as torch does for a GPU that only
+    emulates bf16 (its default `including_emulation=True`); only the capability tells.
+    """
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
 
 
 @pytest.mark.parametrize("device", ["cuda", "auto"])
@@ -32,6 +37,12 @@ def test_bf16_on_a_gpu_without_bf16_is_refused(monkeypatch, tmp_path, device):
     config = TrainConfig(device=device, precision="bf16", checkpoint_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="precision 'bf16' needs a GPU that computes bf16"):
         check_machine(config)
+
+
+def test_bf16_on_an_ampere_gpu_passes(monkeypatch, tmp_path):
+    cuda_without_bf16(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    check_machine(TrainConfig(device="cuda", precision="bf16", checkpoint_dir=str(tmp_path)))
 
 
 def test_bf16_elsewhere_and_auto_precision_on_that_gpu_pass(monkeypatch, tmp_path):

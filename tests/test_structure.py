@@ -67,12 +67,16 @@ def _resolve(name: str) -> str | None:
     return None
 
 
-def imported_modules(module: str) -> set[str]:
-    """The project modules that `module` imports (a package's `__init__` is a module too)."""
+def imported_modules(module: str, source: str | None = None) -> set[str]:
+    """The project modules that `module` (or `source` standing in for its file) imports.
+
+    Importing `a.b.c` runs `a` and `a.b` first: their `__init__` modules count as imported,
+    except the packages `module` itself lies in, which Python has run before it.
+    """
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     targets = set()
-    for node in _imports(ast.parse(path.read_text(), str(path))):
+    for node in _imports(ast.parse(source or path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         else:
@@ -87,7 +91,14 @@ def imported_modules(module: str) -> set[str]:
                 for alias in node.names
             ]
         targets |= {found for name in names if (found := _resolve(name)) is not None}
-    return targets - {module}
+    targets |= {package for target in targets for package in _packages_of(target)}
+    return targets - {module, *_packages_of(module)}
+
+
+def _packages_of(module: str) -> list[str]:
+    """The project packages whose `__init__` importing `module` runs: `a` and `a.b` of `a.b.c`."""
+    parts = module.split(".")
+    return [name for i in range(1, len(parts)) if (name := ".".join(parts[:i])) in MODULES]
 
 
 def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -130,6 +141,27 @@ def test_the_walk_finds_the_project_imports_it_should() -> None:
     assert "cifar_mlflow.schema" in imported_modules("analysis.frames")
     assert "cifar_mlflow.sweeps.trials" in imported_modules("cifar_mlflow.sweeps.ray_executor")
     assert "cifar_mlflow.sweeps.ray_executor" in imported_modules("cifar_mlflow.sweeps.sweep")
+
+
+def test_a_cycle_through_a_package_init_is_found() -> None:
+    """config → models.mlp runs models/__init__, which imports config: a cycle."""
+    config = "cifar_mlflow.config"
+    source = MODULES[config].read_text() + (
+        "\n\ndef _model():\n    from cifar_mlflow.models.mlp import MLP\n\n    return MLP\n"
+    )
+    assert "cifar_mlflow.models" in imported_modules(config, source)
+    graph = {module: imported_modules(module) for module in MODULES}
+    assert import_cycles(graph) == []
+    graph[config] = imported_modules(config, source)
+    (cycle,) = import_cycles(graph)
+    assert config in cycle and "cifar_mlflow.models" in cycle
+
+
+def test_a_module_importing_a_sibling_does_not_cycle_through_its_own_package() -> None:
+    # models/mlp.py importing models.x: models/__init__ has already run, whatever it imports.
+    assert "cifar_mlflow.models" not in imported_modules(
+        "cifar_mlflow.models.mlp", ("from cifar_mlflow.models.resnet import ResNet18\n")
+    )
 
 
 def test_no_import_cycles_in_the_packages() -> None:

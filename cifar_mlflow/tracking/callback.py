@@ -16,8 +16,7 @@ import mlflow
 import numpy as np
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import LoggedModelOutput, Metric, Run
-from mlflow.utils.time import get_current_time_millis
+from mlflow.entities import LoggedModelOutput, Run
 from torch import nn
 
 import cifar_mlflow
@@ -29,6 +28,7 @@ from cifar_mlflow.engine import Callback
 from cifar_mlflow.environment import Environment
 from cifar_mlflow.models.registry import extra_modules
 from cifar_mlflow.schema import EpochMetrics, FinalMetrics
+from cifar_mlflow.tracking.metric_writer import MetricWriter
 from cifar_mlflow.tracking.runs import record_run_description
 from cifar_mlflow.weights import weights_figure
 
@@ -36,7 +36,7 @@ INPUT_EXAMPLE_IMAGES = 2  # test images of the run's data set, stored with the m
 
 
 class MlflowCallback(Callback):
-    """Logs the engine's reports to `run`, one batched, asynchronous request per epoch.
+    """Logs the engine's reports to `run`, one batched request per epoch, in the background.
 
     Entering starts writing the run's description (tags, params, data set: ~0.1 s of
     requests) in a thread while training starts; the first epoch's report waits for it, so that
@@ -44,7 +44,8 @@ class MlflowCallback(Callback):
     the epoch's checkpoint. The final model's artifacts (config.json, the weights figure, the
     model: ~0.4 s for the MLP) are uploaded by a thread while the engine evaluates the test
     split; `on_train_end` waits for them. Leaving waits for both threads also when training
-    raised, and raises a failed description's error.
+    raised, and raises a failed description's error. Metrics go through a `MetricWriter`:
+    each epoch arrives exactly once, and leaving waits until they all have.
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class MlflowCallback(Callback):
         self._worker = ThreadPoolExecutor(1, "run-tracking")
         self._described: Future | None = None
         self._artifacts_logged: Future | None = None
+        self._metrics = MetricWriter(run.info.run_id)
 
     def __enter__(self) -> MlflowCallback:
         arrays, study, env = self._description_args
@@ -75,6 +77,7 @@ class MlflowCallback(Callback):
 
     def __exit__(self, *exc_info: object) -> None:
         self._worker.shutdown()
+        self._metrics.close()
         if self._described is not None:
             self._described.result()
 
@@ -134,13 +137,7 @@ class MlflowCallback(Callback):
     def _log_metrics(
         self, values: Mapping[str, float], step: int, model_id: str | None = None
     ) -> None:
-        # One batched call, queued for MLflow's background thread (under a millisecond here).
-        # `mlflow.log_metrics(run_id=...)` would first fetch the run: a blocking round trip.
-        now = get_current_time_millis()
-        metrics = [
-            Metric(key, float(value), now, step, model_id=model_id) for key, value in values.items()
-        ]
-        MlflowClient().log_batch(self.run.info.run_id, metrics=metrics, synchronous=False)
+        self._metrics.write(values, step, model_id)  # sent by the writer's thread
 
 
 def log_model(

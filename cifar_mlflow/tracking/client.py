@@ -10,9 +10,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Experiment, Run
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.tracking._tracking_service.utils import _tracking_store_registry
 
 from cifar_mlflow import schema
-from cifar_mlflow.errors import ExperimentDeletedError
+from cifar_mlflow.errors import ExperimentDeletedError, TrackingUriError
 from cifar_mlflow.reachability import check_reachable, is_server_uri, redact_uri
 
 # What MLflow's client reads from the environment to reach and log in to a server.
@@ -31,8 +32,22 @@ def run_id_from_mlflow_run() -> str | None:
 
 
 def check_tracking_server() -> None:
-    """One line within seconds, instead of MLflow's minutes of retries, if the server is gone."""
-    check_reachable(mlflow.get_tracking_uri())
+    """One line within seconds, instead of MLflow's minutes of retries, if the server is gone.
+
+    A URI whose scheme no MLflow store takes is one line too, not MLflow's traceback.
+    """
+    uri = mlflow.get_tracking_uri()
+    try:
+        _tracking_store_registry.get_store_builder(uri)
+    except MlflowException:
+        schemes = " | ".join(
+            f"{scheme}://" for scheme in _tracking_store_registry._registry if scheme
+        )
+        raise TrackingUriError(
+            f"tracking URI {redact_uri(uri)} has a scheme MLflow cannot log to; use a folder "
+            f"path or one of {schemes}"
+        ) from None
+    check_reachable(uri)
 
 
 def worker_environment() -> dict[str, str]:
