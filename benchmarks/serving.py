@@ -34,7 +34,7 @@ from plain_server import model_server
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import CIFAR_FOLDER, read_cifar_folder, write_synthetic_cifar
 from cifar_mlflow.models import build_model
-from cifar_mlflow.tracking.callback import log_model
+from cifar_mlflow.tracking.model_logging import log_model
 
 BATCH_SIZES = (1, 64)
 WARM_UP_REQUESTS = 3

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from cifar_mlflow import cifar_pickle
+from cifar_mlflow.classifier import standardise
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.errors import UserError
 
@@ -297,9 +298,7 @@ def to_device(
 
 def normalise(images_nhwc: torch.Tensor) -> torch.Tensor:
     """uint8 images (N, H, W, 3) → float (N, 3, H, W), standardised with the CIFAR statistics."""
-    mean = torch.tensor(CIFAR_MEAN, device=images_nhwc.device) * 255
-    std = torch.tensor(CIFAR_STD, device=images_nhwc.device) * 255
-    return ((images_nhwc.float() - mean) / std).permute(0, 3, 1, 2)
+    return standardise(images_nhwc, CIFAR_MEAN, CIFAR_STD)
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

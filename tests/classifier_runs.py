@@ -16,7 +16,7 @@ from torch import nn
 
 from cifar_mlflow import schema
 from cifar_mlflow.data import CLASS_NAMES
-from cifar_mlflow.tracking.callback import log_model
+from cifar_mlflow.tracking.model_logging import log_model
 
 STUDY = "tiny"
 
