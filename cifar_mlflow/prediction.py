@@ -107,7 +107,8 @@ def load_classifier(model_uri: str) -> PyFuncModel:
         raise PredictionError(f"no model at {redact_uri(model_uri)} ({reason})") from None
     if not is_image_classifier(mlmodel.metadata):
         hint = "log or register one trained by this project"
-        if mlflow.pyfunc.FLAVOR_NAME not in mlmodel.flavors and "pytorch" in mlmodel.flavors:
+        pyfunc = mlmodel.flavors.get(mlflow.pyfunc.FLAVOR_NAME, {})
+        if pyfunc.get(mlflow.pyfunc.MAIN) == "mlflow.pytorch":
             hint = (
                 "it is a bare network of an earlier release: load it with "
                 "mlflow.pytorch.load_model, or train the model again"

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import colorsys
 import functools
-import io
 import uuid
 
 import numpy as np
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
-from PIL import Image
 from torch import nn
 
 from cifar_mlflow import schema
@@ -38,12 +36,6 @@ def colour_images(per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     noise = rng.integers(-NOISE, NOISE + 1, (len(labels), 32, 32, 3))
     pixels = np.clip(hues[:, None, None, :] * 255 + noise, 0, 255).astype(np.uint8)
     return pixels, labels
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @functools.cache
