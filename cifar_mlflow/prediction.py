@@ -117,7 +117,10 @@ def load_classifier(model_uri: str) -> PyFuncModel:
             f"{redact_uri(model_uri)} is not an image classifier of cifar-mlflow (its MLmodel "
             f"has no cifar_mlflow metadata); {hint}"
         )
-    return mlflow.pyfunc.load_model(local_path)
+    # MLflow's check of the model's requirements against the installed packages reads every
+    # installed distribution's file list (about a second); `predict` runs in the environment of
+    # the project that logged the model.
+    return mlflow.pyfunc.load_model(local_path, suppress_warnings=True)
 
 
 def answers(model: PyFuncModel, files: Sequence[Path]) -> pd.DataFrame:
