@@ -89,16 +89,15 @@ def logged_models(model: str, images: np.ndarray, class_names: tuple[str, ...]) 
     new_id = log_model(run, network, class_names, images[:2], {})
     old = ArraysClassifier(ImageClassifier(network, class_names, CIFAR_MEAN, CIFAR_STD))
     signature = ModelSignature(Schema([TensorSpec(np.dtype(np.uint8), (-1, 32, 32, 3))]))
-    with classes_pickled_by_value(cifar_mlflow):
+    with classes_pickled_by_value(cifar_mlflow), mlflow.start_run(run_id=run.info.run_id):
         old_info = mlflow.pyfunc.log_model(
             name="arrays-model",
             python_model=old,
             signature=signature,
             input_example=images[:2],
             metadata=model_metadata(class_names),
-            run_id=run.info.run_id,
+            pip_requirements=["torch", "cloudpickle"],
         )
-    client.set_terminated(run.info.run_id)
     new = mlflow.register_model(f"models:/{new_id}", f"serving-{model}")
     old = mlflow.register_model(old_info.model_uri, f"serving-{model}-arrays")
     return f"models:/{new.name}/{new.version}", f"models:/{old.name}/{old.version}"

@@ -70,8 +70,9 @@ class Callback:
     def on_train_end(self, model: nn.Module, metrics: FinalMetrics) -> None:
         pass
 
-    def on_train_stopped(self, epoch: int) -> None:
-        """A callback stopped training after `epoch`: no test split, no final metrics."""
+    def on_train_stopped(self, epoch: int, reason: str) -> None:
+        """A callback stopped training after `epoch` for `reason` (its `StopTraining`'s
+        message): no test split, no final metrics."""
 
 
 class StopTraining(Exception):
@@ -274,17 +275,17 @@ def fit(
                         **global_random_state(),
                     )
                 )
-            stop = False
+            stop_reason = None
             for callback in callbacks:
                 try:
                     callback.on_epoch_end(metrics)
-                except StopTraining:
-                    stop = True
+                except StopTraining as stop:
+                    stop_reason = str(stop)
             if writer is not None:
                 writer.start_write()
-            if stop:
+            if stop_reason is not None:
                 for callback in callbacks:
-                    callback.on_train_stopped(epoch)
+                    callback.on_train_stopped(epoch, stop_reason)
                 return model, None
 
     # The first epoch pays for warm-up (allocator, cuDNN autotuning, compiling), so it is left out.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Run
+from mlflow.entities import Metric, Run, RunTag
 from mlflow.utils.time import get_current_time_millis
 from torch import nn
 
@@ -105,9 +105,12 @@ class MlflowCallback(Callback):
             # failed keeps its results all the same.
             self._log_metrics(metrics.metrics(), step=0, model_id=model_id)
 
-    def on_train_stopped(self, epoch: int) -> None:
+    def on_train_stopped(self, epoch: int, reason: str) -> None:
         self._wait_described()
-        MlflowClient().set_tag(self.run.info.run_id, schema.TAG_STOPPED_AT_EPOCH, str(epoch))
+        tags = {schema.TAG_STOPPED_AT_EPOCH: str(epoch), schema.TAG_STOPPED_REASON: reason}
+        MlflowClient().log_batch(
+            self.run.info.run_id, tags=[RunTag(key, value) for key, value in tags.items()]
+        )
 
     def _log_artifacts(self, model: nn.Module) -> str:
         """Uploads the final model's artifacts; returns the logged model's id."""
