@@ -6,15 +6,16 @@ weights) is logged twice in a temporary SQLite store: as the project logs a trai
 did (`python_function` only, uint8 arrays of shape (N, 32, 32, 3) in: `ArraysClassifier`, the
 same network and normalisation behind that release's signature). Then, in one run:
 
-- latency: `mlflow models serve` of each, requests of 1 and of 64 images sent one after
-  another (after a warm-up), p50 and p95 of the round trip as the client sees it: PNG files
-  base64-encoded in JSON (`dataframe_split`, what docs/serving.md's curl sends) to the new
-  model, and JSON arrays of integers (`{"inputs": [...]}`) to the old one;
-- start-up: wall time of `python -m cifar_mlflow predict` on one PNG of the registered
-  version (`models:/…/1`), and, for the old model's registered version, of the release
-  before's way, as a fresh process (`BASELINE_LOAD`: the MLmodel resolved and fetched by
-  `get_model_info`, then the model resolved and downloaded again by `pyfunc.load_model`,
-  with its dependency check);
+- latency: `mlflow models serve` of both at once, requests of 1 and of 64 images sent one
+  after another, alternating between the two (after a warm-up), p50 and p95 of the round trip
+  as the client sees it: PNG files base64-encoded in JSON (`dataframe_split`, what
+  docs/serving.md's curl sends) to the new model, JSON arrays of integers (`{"inputs": ...}`)
+  to the old one;
+- start-up: wall and CPU time, medians of 3 fresh processes alternating with the baseline's,
+  of `python -m cifar_mlflow predict` on one PNG of the new model's registered version
+  (`models:/…/1`); the baseline is the release before's way with the old model's version
+  (`BASELINE_LOAD`: the MLmodel resolved and fetched by `get_model_info`, then the model
+  resolved and downloaded again by `pyfunc.load_model`, with its requirements check);
 - throughput: `predict` over a folder of 1,000 PNG files: wall and CPU time, images/s.
 
     python benchmarks/serving.py                      # mlp, resnet18, mlpmixer
@@ -58,6 +59,7 @@ from cifar_mlflow.tracking.model_logging import classes_pickled_by_value, encode
 BATCH_SIZES = (1, 64)
 WARM_UP_REQUESTS = 3
 PREDICT_IMAGES = 1_000
+START_UP_REPEATS = 3
 EXPERIMENT = "serving-benchmark"
 BASELINE_LOAD = """
 import sys
@@ -103,16 +105,18 @@ def logged_models(model: str, images: np.ndarray, class_names: tuple[str, ...]) 
     return f"models:/{new.name}/{new.version}", f"models:/{old.name}/{old.version}"
 
 
-def latencies_ms(url: str, body: dict, count: int) -> np.ndarray:
-    timings = []
+def latencies_ms(urls: list[str], bodies: list[dict], count: int) -> list[np.ndarray]:
+    """Round trips of `bodies[i]` to `urls[i]`, alternating, so that load hits each alike."""
+    timings: list[list[float]] = [[] for _ in urls]
     for index in range(WARM_UP_REQUESTS + count):
-        start = time.perf_counter()
-        response = requests.post(f"{url}/invocations", json=body, timeout=120)
-        elapsed = time.perf_counter() - start
-        response.raise_for_status()
-        if index >= WARM_UP_REQUESTS:
-            timings.append(elapsed * 1000)
-    return np.asarray(timings)
+        for url, body, measured in zip(urls, bodies, timings, strict=True):
+            start = time.perf_counter()
+            response = requests.post(f"{url}/invocations", json=body, timeout=120)
+            elapsed = time.perf_counter() - start
+            response.raise_for_status()
+            if index >= WARM_UP_REQUESTS:
+                measured.append(elapsed * 1000)
+    return [np.asarray(measured) for measured in timings]
 
 
 def png_body(images: np.ndarray) -> dict:
@@ -121,12 +125,23 @@ def png_body(images: np.ndarray) -> dict:
     return {"dataframe_split": {"columns": ["image"], "data": data}}
 
 
-def served_cells(uri: str, folder: Path, bodies: list[dict], count: int) -> list[str]:
-    cells = []
-    with model_server(uri, folder) as (url, _):
-        for body in bodies:
-            p50, p95 = np.percentile(latencies_ms(url, body, count), [50, 95])
-            cells.append(f"{p50:.1f} / {p95:.1f}")
+def served_cells(
+    old_uri: str, new_uri: str, folder: Path, images: np.ndarray, count: int
+) -> list[list[str]]:
+    """p50 / p95 cells of the old and the new model, served side by side, per batch size."""
+    cells: list[list[str]] = [[], []]
+    old_folder, new_folder = folder / "old-server", folder / "new-server"
+    old_folder.mkdir(exist_ok=True)
+    new_folder.mkdir(exist_ok=True)
+    with (
+        model_server(old_uri, old_folder) as (old, _),
+        model_server(new_uri, new_folder) as (new, _),
+    ):
+        for size in BATCH_SIZES:
+            bodies = [{"inputs": images[:size].tolist()}, png_body(images[:size])]
+            for column, timings in zip(cells, latencies_ms([old, new], bodies, count), strict=True):
+                p50, p95 = np.percentile(timings, [50, 95])
+                column.append(f"{p50:.1f} / {p95:.1f}")
     return cells
 
 
@@ -143,6 +158,17 @@ def timed(command: list[str], lines: int | None = None) -> tuple[float, float]:
         raise click.ClickException("predict did not print one line per image")
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     return wall, cpu
+
+
+def start_ups(baseline: list[str], command: list[str]) -> tuple[str, str]:
+    """Median wall / CPU seconds of each command over `START_UP_REPEATS`, alternating."""
+    times: list[list[tuple[float, float]]] = [[], []]
+    for _ in range(START_UP_REPEATS):
+        times[0].append(timed(baseline))
+        times[1].append(timed(command, lines=1))
+    return tuple(  # type: ignore[return-value]
+        "{:.1f} / {:.1f}".format(*np.median(np.asarray(pairs), axis=0)) for pairs in times
+    )
 
 
 def predict_command(model_uri: str, folder: Path) -> list[str]:
@@ -167,7 +193,6 @@ def main(models: str, count: int) -> None:
         for index, image in enumerate(arrays.test_images):
             Image.fromarray(image).save(pngs / f"{index:04d}.png")
         Image.fromarray(arrays.test_images[0]).save(one_png / "0000.png")
-        batches = [arrays.test_images[:size] for size in BATCH_SIZES]
 
         print(
             f"CPU, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
@@ -175,23 +200,22 @@ def main(models: str, count: int) -> None:
         )
         print(
             f"{'model':<10} {'served as':<22} {'1 image p50/p95 (ms)':>21} "
-            f"{'64 images p50/p95 (ms)':>23} {'start-up (s)':>13} "
+            f"{'64 images p50/p95 (ms)':>23} {'start-up wall/CPU':>17} "
             f"{'predict 1,000 PNGs wall/CPU (s)':>32} {'img/s':>6}"
         )
         for model in models.split(","):
             new_uri, old_uri = logged_models(model, arrays.test_images, arrays.class_names)
-            old = served_cells(
-                old_uri, folder, [{"inputs": batch.tolist()} for batch in batches], count
-            )
-            new = served_cells(new_uri, folder, [png_body(batch) for batch in batches], count)
+            old, new = served_cells(old_uri, new_uri, folder, arrays.test_images, count)
             one = str(one_png / "0000.png")
-            baseline_start, _ = timed([sys.executable, "-c", BASELINE_LOAD, old_uri, one])
-            start_up, _ = timed(predict_command(new_uri, one_png), lines=1)
+            baseline_start, start_up = start_ups(
+                [sys.executable, "-c", BASELINE_LOAD, old_uri, one],
+                predict_command(new_uri, one_png),
+            )
             wall, cpu = timed(predict_command(new_uri, pngs), lines=PREDICT_IMAGES)
             print(
                 f"{model:<10} {'before: JSON arrays':<22} {old[0]:>21} {old[1]:>23} "
-                f"{baseline_start:>13.1f}\n"
-                f"{'':<10} {'now: PNG files':<22} {new[0]:>21} {new[1]:>23} {start_up:>13.1f} "
+                f"{baseline_start:>17}\n"
+                f"{'':<10} {'now: PNG files':<22} {new[0]:>21} {new[1]:>23} {start_up:>17} "
                 f"{f'{wall:.1f} / {cpu:.1f}':>32} {PREDICT_IMAGES / wall:>6.0f}",
                 flush=True,
             )
