@@ -183,7 +183,8 @@ def main(models: str, count: int) -> None:
     with tempfile.TemporaryDirectory(prefix="cifar-serving-") as tmp:
         folder = Path(tmp)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
-        MlflowClient().create_experiment(EXPERIMENT)
+        # Its artifacts in the temporary folder too, not in `./mlruns` of the working folder.
+        MlflowClient().create_experiment(EXPERIMENT, (folder / "artifacts").as_uri())
         data = folder / "synthetic" / CIFAR_FOLDER
         write_synthetic_cifar(data, train_size=10, test_size=PREDICT_IMAGES)
         arrays = read_cifar_folder(data, "synthetic")
