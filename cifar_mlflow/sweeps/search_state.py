@@ -136,7 +136,8 @@ class SearchState:
 
 
 def prune_reason(study: optuna.Study, trial: optuna.Trial, epoch: int) -> str:
-    """What the pruner compared when it stopped `trial` at `epoch`, in the objective's terms."""
+    """What the pruner compared when it stopped `trial` at `epoch`, in the objective's terms
+    (the median is over the complete trials' `valid_acc` at that epoch)."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     best = max(next(t for t in running if t.number == trial.number).intermediate_values.values())
     if isinstance(study.pruner, optuna.pruners.MedianPruner):
@@ -146,9 +147,9 @@ def prune_reason(study: optuna.Study, trial: optuna.Trial, epoch: int) -> str:
         ]
         return (
             f"valid_acc {best:.2f} below the median {statistics.median(at_epoch):.2f} of "
-            f"{len(at_epoch)} complete trials at epoch {epoch}"
+            f"{len(at_epoch)} complete trials"
         )
-    return f"valid_acc {best:.2f} not in the best third of its Hyperband rung at epoch {epoch}"
+    return f"valid_acc {best:.2f} not in the best third of its Hyperband rung"
 
 
 def pruner(spec: SearchSpec, epochs: int) -> optuna.pruners.BasePruner:
