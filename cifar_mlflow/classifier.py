@@ -3,7 +3,7 @@
 This file travels with every logged model as its pyfunc `loader_module` (copied into the
 model's `code/` folder as `CODE_MODULE`.py, see `tracking.model_logging`), so that
 `mlflow.pyfunc.load_model` and `mlflow models serve` use it where this project is not
-installed: it imports nothing from `cifar_mlflow`, and neither MLflow nor PIL at import time
+installed: it imports nothing from `cifar_mlflow`, and neither MLflow, pandas nor PIL at import time
 (the engine imports `standardise` from here and never imports MLflow).
 
 The same model's `pytorch` flavor is the trained network itself, which takes standardised
