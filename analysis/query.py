@@ -6,6 +6,7 @@ hand-made frames without a tracking store.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -89,6 +90,8 @@ class Tracking:
 
     def __init__(self, tracking_uri: str | None = None) -> None:
         # `None` resolves like every MLflow tool: MLFLOW_TRACKING_URI, else MLflow's default.
+        # The analysis prints tables and file names; MLflow's download bars would interleave.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri: str = self.client.tracking_uri
         check_reachable(self.tracking_uri)

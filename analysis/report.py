@@ -222,8 +222,9 @@ def _champions_html(champions: pd.DataFrame) -> str:
     example = html.escape(uris[0])
     return tables.html(shown, escape=False) + (
         '<p class="note">Chosen on validation accuracy; the test accuracy is reported. A model '
-        "takes RGB uint8 images of shape (N, 32, 32, 3) and returns per image its class and "
-        "the ten class probabilities. Serve it with <code>mlflow models serve -m "
+        "takes image files (a column <code>image</code>) and returns per image its class and "
+        "the ten class probabilities; <code>mlflow.pytorch.load_model</code> gives its network. "
+        "Serve it with <code>mlflow models serve -m "
         f"{example} --env-manager local</code>, or classify image files with "
         f"<code>python -m cifar_mlflow predict --model {example} FILE_OR_DIR</code>.</p>"
     )

@@ -98,6 +98,8 @@ def main(
         figure.savefig(paths[-1], dpi=PNG_DPI)
     tracking.log_artifacts(result.sweep.run_id, paths, FIGURES_ARTIFACT_PATH)
     click.echo(result.table(fmt), nl=False)
+    for line in search_frames.stopped_lines(result.search):
+        click.echo(line, err=True)
     for path in paths:
         click.echo(path, err=True)
 

@@ -20,6 +20,7 @@ SEARCH_COLUMNS = [
     schema.TAG_TRIAL_NUMBER,
     "outcome",
     schema.TAG_STOPPED_AT_EPOCH,
+    schema.TAG_STOPPED_REASON,
     "objective",
 ]
 
@@ -42,6 +43,8 @@ def search_trials(
     best = valid_acc.groupby("run_id")["value"].max()
     stop_tag = f"tags.{schema.TAG_STOPPED_AT_EPOCH}"
     stopped = trials[stop_tag] if stop_tag in trials else pd.Series(pd.NA, index=trials.index)
+    reason_tag = f"tags.{schema.TAG_STOPPED_REASON}"  # absent on trials stopped before issue 23
+    reasons = trials[reason_tag] if reason_tag in trials else pd.Series(pd.NA, index=trials.index)
     frame = pd.DataFrame(
         {
             "run_id": trials["run_id"],
@@ -49,6 +52,7 @@ def search_trials(
             schema.TAG_TRIAL_NUMBER: trials[f"tags.{schema.TAG_TRIAL_NUMBER}"].astype(int),
             "outcome": [STOPPED if pd.notna(s) else COMPLETE for s in stopped],
             schema.TAG_STOPPED_AT_EPOCH: pd.to_numeric(stopped, errors="coerce").astype("Int64"),
+            schema.TAG_STOPPED_REASON: reasons,
             "objective": trials["run_id"].map(best),
             schema.METRIC_TEST_ACC: trials.get(
                 f"metrics.{schema.METRIC_TEST_ACC}", pd.Series(float("nan"), trials.index)
@@ -64,6 +68,18 @@ def best_so_far(search: pd.DataFrame) -> pd.Series:
     """After each trial, the best objective of the complete trials so far (NaN before any)."""
     complete = search["objective"].where(search["outcome"] == COMPLETE)
     return complete.cummax().ffill()  # cummax leaves NaN where a trial was stopped
+
+
+def stopped_lines(search: pd.DataFrame) -> list[str]:
+    """One line per stopped trial: its number, run, epoch and the pruner's reason."""
+    lines = []
+    for trial in search[search["outcome"] == STOPPED].itertuples():
+        line = f"Trial {trial.trial_number} ({trial.run_name}) stopped at epoch "
+        line += str(trial.stopped_at_epoch)
+        if pd.notna(trial.stopped_reason):
+            line += f": {trial.stopped_reason}"
+        lines.append(line)
+    return lines
 
 
 def top_trials(search: pd.DataFrame, names: Sequence[str], count: int = 10) -> pd.DataFrame:

@@ -22,8 +22,9 @@ its data, so its numbers leave out worker start-up, a choice in its favour). Rep
 interleave the loops, so load from other processes hits both alike; the table shows medians.
 FLOPs per image are counted with `torch.utils.flop_counter.FlopCounterMode` (matmuls and
 convolutions; forward + backward for training); on CUDA, `peak %` is the share of the device's
-dense bf16 peak. `data %` is the share of the project's training pass spent shuffling and
-augmenting.
+dense bf16 peak; on a CPU, of the FLOP/s of the model's dominant GEMM shape (`gemm_peak.py`) in
+the project's precision, timed in the same repeats, interleaved with the loops. `data %` is the
+share of the project's training pass spent shuffling and augmenting.
 
     .venv/bin/python benchmarks/throughput.py [--quick] [--models mlp,resnet18,mlpmixer]
         [--train-images N] [--infer-images N] [--repeats 3] [--device auto] [--compile]
@@ -75,6 +76,7 @@ import click
 import numpy as np
 import torch
 import torch.nn.functional as F
+from gemm_peak import dominant_gemm, gemm_pass
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -131,6 +133,7 @@ class Row:
     reference_warm_up_s: float
     flops_per_image: float
     data_share: float | None  # share of the project's training pass spent on its data
+    peak_flops: float | None  # the 100 % of `peak %`: data sheet (CUDA) or measured GEMM (CPU)
 
 
 class ReferenceCIFAR10(Dataset):
@@ -346,13 +349,19 @@ def bench_model(
         for who, loop in loops.items()
     }
     seconds: dict[tuple[str, str], list[float]] = {key: [] for key in warm_up}
-    data_seconds = []
+    data_seconds, gemm_seconds = [], []
+    gemm, gemm_flops = model_gemm(config, env)
     # Interleaved, so that load from other processes slows both loops alike.
     for _ in range(repeats):
         for phase in PHASES:
             for who, loop in loops.items():
                 seconds[phase, who].append(engine.timed(env, loop.passes[phase]))
         data_seconds.append(engine.timed(env, data_only))
+        if gemm is not None:
+            gemm_seconds.append(engine.timed(env, gemm))
+    peak_flops = (
+        gemm_flops / statistics.median(gemm_seconds) if gemm else bf16_peak_flops(env.device)
+    )
 
     rows = []
     for phase, count in (("train", len(splits.train)), ("infer", len(splits.test))):
@@ -370,9 +379,22 @@ def bench_model(
                 reference_warm_up_s=warm_up[phase, "reference"],
                 flops_per_image=flops_per_image(config, env.device, train),
                 data_share=statistics.median(data_seconds) / project_s if train else None,
+                peak_flops=peak_flops,
             )
         )
     return rows
+
+
+def model_gemm(config: TrainConfig, env: environment.Environment) -> tuple[Callable | None, float]:
+    """On a CPU, a pass of the model's dominant GEMM in the project's precision, and its FLOPs."""
+    if env.device.type != "cpu":
+        return None, 0.0
+    model = build_model(config).eval()
+    shape = dominant_gemm(model, torch.randn(BATCH_SIZE, 3, 32, 32))
+    dtype = torch.bfloat16 if env.precision == "bf16" else torch.float32
+    run, flops = gemm_pass(shape, env.device, dtype)
+    click.echo(f"{config.model}: peak % against a {'x'.join(map(str, shape))} {dtype} GEMM")
+    return run, flops
 
 
 def bf16_peak_flops(device: torch.device) -> float | None:
@@ -385,7 +407,7 @@ def bf16_peak_flops(device: torch.device) -> float | None:
     return None
 
 
-def format_table(rows: list[Row], peak_flops: float | None) -> str:
+def format_table(rows: list[Row]) -> str:
     header = (
         f"{'model':<9} {'phase':<5} {'images':>7} {'project img/s':>14} "
         f"{'reference img/s':>16} {'ratio':>6} {'project GFLOP/s':>16} {'peak %':>7} "
@@ -394,7 +416,7 @@ def format_table(rows: list[Row], peak_flops: float | None) -> str:
     lines = [header, "-" * len(header)]
     for row in rows:
         achieved = row.project * row.flops_per_image
-        peak = f"{100 * achieved / peak_flops:.1f}" if peak_flops else "-"
+        peak = f"{100 * achieved / row.peak_flops:.1f}" if row.peak_flops else "-"
         data_share = f"{100 * row.data_share:.1f}" if row.data_share is not None else "-"
         warm_up = f"{row.project_warm_up_s:.1f}/{row.reference_warm_up_s:.1f}"
         lines.append(
@@ -465,7 +487,7 @@ def main(
             arrays = synthetic_arrays(Path(tmp) / name, train_count, infer_count)
             rows += bench_model(name, arrays, train_count, device, repeats, compile, precision)
             click.echo(f"{name}: done after {time.perf_counter() - started:.0f} s")
-    click.echo(format_table(rows, peak_flops))
+    click.echo(format_table(rows))
     click.echo(
         "ratio = project / reference images/s; warm-up s = project/reference untimed first "
         "pass (compile included); data % = shuffle + augmentation share of the project's pass; "

@@ -1,28 +1,32 @@
-"""The logged model as a user meets it: RGB uint8 images in, class names and probabilities out.
+"""The logged model's python_function flavor: encoded images in, class names and probabilities out.
 
-`ImageClassifier` is an MLflow pyfunc model holding the trained network, the normalisation
-and the class names of the data set the run trained on. It is pickled by value together with
-the network's classes (see `tracking.callback.log_model`), so `mlflow.pyfunc.load_model` and
-`mlflow models serve` use it where this project is not installed: nothing in this module may
-need `cifar_mlflow` at load time (the functions it calls from the package are pickled with it).
+This file travels with every logged model as its pyfunc `loader_module` (copied into the
+model's `code/` folder as `CODE_MODULE`.py, see `tracking.model_logging`), so that
+`mlflow.pyfunc.load_model` and `mlflow models serve` use it where this project is not
+installed: it imports nothing from `cifar_mlflow`, and neither MLflow, pandas nor PIL at import time
+(the engine imports `standardise` from here and never imports MLflow).
+
+The same model's `pytorch` flavor is the trained network itself, which takes standardised
+float images (N, 3, 32, 32): `standardise` is the one definition of that step, for training
+and for answering.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
-import mlflow
 import numpy as np
-import pandas as pd
 import torch
-from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema, TensorSpec
 from torch import nn
 
-from cifar_mlflow.data import normalise
-
-IMAGE_SHAPE = (32, 32, 3)  # height, width, RGB channels: what the model takes per image
+CODE_MODULE = "cifar_mlflow_image_classifier"
+CONFIG_FILE = "classifier.json"  # beside the network, in the model's data folder
+IMAGE_SHAPE = (32, 32, 3)  # height, width, RGB channels: what the network takes per image
+IMAGE_COLUMN = "image"  # the input: encoded image files (PNG, JPEG...)
 CLASS_COLUMN = "class"
 # The MLmodel's `metadata` entry by which `predict` recognises this project's classifiers.
 METADATA_KEY = "cifar_mlflow"
@@ -31,39 +35,98 @@ METADATA_KIND = "image_classifier"
 PREDICT_BATCH = 256
 
 
-class ImageClassifier(mlflow.pyfunc.PythonModel):
-    """A CPU fp32 network on raw images: uint8 (N, 32, 32, 3) → class name + probabilities."""
+def standardise(
+    images_nhwc: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """uint8 images (N, H, W, 3) → float (N, 3, H, W), standardised by per-channel fractions."""
+    scale_mean = torch.tensor(mean, device=images_nhwc.device) * 255
+    scale_std = torch.tensor(std, device=images_nhwc.device) * 255
+    return ((images_nhwc.float() - scale_mean) / scale_std).permute(0, 3, 1, 2)
 
-    def __init__(self, network: nn.Module, class_names: Sequence[str]) -> None:
+
+def fit_image(image: Any) -> np.ndarray:
+    """A PIL image as RGB uint8 (32, 32, 3): converted, centre-cropped to a square and resized
+    (`ImageOps.fit`, bicubic with antialiasing). `predict` and the served model both use it."""
+    from PIL import Image, ImageOps
+
+    size = IMAGE_SHAPE[1], IMAGE_SHAPE[0]
+    fitted = ImageOps.fit(image.convert("RGB"), size, method=Image.Resampling.BICUBIC)
+    return np.asarray(fitted, dtype=np.uint8)
+
+
+def decode_image(encoded: bytes) -> np.ndarray:
+    """An encoded image file's bytes as `fit_image` gives them; OSError if PIL cannot read it."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(encoded)) as image:
+        return fit_image(image)
+
+
+class ImageClassifier:
+    """A CPU fp32 network with its class names: images → class name + probabilities."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        class_names: Sequence[str],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
         self.network = network.eval()
         self.class_names = tuple(class_names)
+        self.mean, self.std = tuple(mean), tuple(std)
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """Softmax of the network's logits, (N, classes), for uint8 images (N, 32, 32, 3)."""
-        pixels = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
+        batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))
         with torch.inference_mode():
-            batches = [
-                torch.softmax(self.network(normalise(batch)).float(), dim=1)
-                for batch in pixels.split(PREDICT_BATCH)
+            parts = [
+                torch.softmax(self.network(standardise(part, self.mean, self.std)).float(), dim=1)
+                for part in batch.split(PREDICT_BATCH)
             ]
-        return torch.cat(batches).numpy() if batches else np.zeros((0, len(self.class_names)))
+        return torch.cat(parts).numpy() if parts else np.zeros((0, len(self.class_names)))
 
-    def predict(
-        self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
-    ) -> pd.DataFrame:
+    def answer(self, pixels: np.ndarray) -> Any:
         """One row per image: the predicted `class`, then one probability column per class."""
-        probabilities = self.probabilities(model_input)
-        frame = pd.DataFrame(probabilities.astype(np.float64), columns=list(self.class_names))
-        predicted = [self.class_names[i] for i in probabilities.argmax(axis=1)]
-        frame.insert(0, CLASS_COLUMN, predicted)
+        import pandas as pd
+
+        probabilities = self.probabilities(pixels).astype(np.float64)
+        frame = pd.DataFrame(probabilities, columns=list(self.class_names))
+        names = np.asarray(self.class_names, dtype=object)
+        frame.insert(0, CLASS_COLUMN, names[probabilities.argmax(axis=1)])
         return frame
 
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        """The pyfunc's answer to a frame whose `image` column holds encoded image files."""
+        pixels = np.zeros((len(model_input), *IMAGE_SHAPE), dtype=np.uint8)
+        for index, encoded in enumerate(model_input[IMAGE_COLUMN]):
+            try:
+                pixels[index] = decode_image(encoded)
+            except OSError as error:
+                from mlflow.exceptions import MlflowException
 
-def model_signature(class_names: Sequence[str]) -> ModelSignature:
-    """Declared input (a uint8 image batch) and output (class + named probabilities)."""
-    images = TensorSpec(np.dtype(np.uint8), (-1, *IMAGE_SHAPE))
-    outputs = [ColSpec("string", CLASS_COLUMN), *(ColSpec("double", name) for name in class_names)]
-    return ModelSignature(inputs=Schema([images]), outputs=Schema(outputs))
+                raise MlflowException.invalid_parameter_value(
+                    f"image {index} is not an image file PIL can read ({error})"
+                ) from None
+        return self.answer(pixels)
+
+
+def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> ImageClassifier:
+    """MLflow's loader hook: the classifier from the model's data folder, on the CPU."""
+    with open(os.path.join(data_path, CONFIG_FILE)) as file:
+        config = json.load(file)
+    # Pickled by cloudpickle (MLflow's pytorch flavor), which plain pickle reads back.
+    network = torch.load(
+        os.path.join(data_path, "model.pth"), map_location="cpu", weights_only=False
+    )
+    return ImageClassifier(network.float(), config["class_names"], config["mean"], config["std"])
+
+
+def classifier_config(
+    class_names: Sequence[str], mean: Sequence[float], std: Sequence[float]
+) -> str:
+    """The contents of `CONFIG_FILE`: what `_load_pyfunc` needs besides the network."""
+    return json.dumps({"class_names": list(class_names), "mean": list(mean), "std": list(std)})
 
 
 def model_metadata(class_names: Sequence[str]) -> dict[str, Any]:
@@ -71,6 +134,6 @@ def model_metadata(class_names: Sequence[str]) -> dict[str, Any]:
 
 
 def is_image_classifier(metadata: dict[str, Any] | None) -> bool:
-    """Whether an MLmodel's `metadata` says it is an `ImageClassifier` of this project."""
+    """Whether an MLmodel's `metadata` says it is an image classifier of this project."""
     entry = (metadata or {}).get(METADATA_KEY)
     return isinstance(entry, dict) and entry.get("kind") == METADATA_KIND

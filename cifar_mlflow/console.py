@@ -34,7 +34,7 @@ LOGGING_LEVEL_VARIABLE = "MLFLOW_LOGGING_LEVEL"
 # beside the project's own, on every trial, and the URI as given, credentials included.
 RUN_LINKS_VARIABLE = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 # MLflow warns on every model pickled by cloudpickle; this project chose it on purpose (see
-# tracking.callback.log_model). The filter sits on the loggers that emit the warnings, not on a
+# tracking.model_logging). The filter sits on the loggers that emit the warnings, not on a
 # handler: MLflow replaces its handlers whenever it is imported, which in this project happens
 # after the options are read.
 EXPECTED_WARNINGS = (

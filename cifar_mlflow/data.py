@@ -20,6 +20,7 @@ import torch
 
 from cifar_mlflow import cifar_pickle
 from cifar_mlflow.cifar_pickle import CIFAR_FOLDER, CLASS_NAMES, TRAIN_BATCHES
+from cifar_mlflow.classifier import standardise
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data_checks import check_batch
 from cifar_mlflow.errors import UserError
@@ -209,6 +210,4 @@ def to_device(
 
 def normalise(images_nhwc: torch.Tensor) -> torch.Tensor:
     """uint8 images (N, H, W, 3) → float (N, 3, H, W), standardised with the CIFAR statistics."""
-    mean = torch.tensor(CIFAR_MEAN, device=images_nhwc.device) * 255
-    std = torch.tensor(CIFAR_STD, device=images_nhwc.device) * 255
-    return ((images_nhwc.float() - mean) / std).permute(0, 3, 1, 2)
+    return standardise(images_nhwc, CIFAR_MEAN, CIFAR_STD)

@@ -73,8 +73,9 @@ class Callback:
     def on_train_end(self, model: nn.Module, metrics: FinalMetrics) -> None:
         pass
 
-    def on_train_stopped(self, epoch: int) -> None:
-        """A callback stopped training after `epoch`: no test split, no final metrics."""
+    def on_train_stopped(self, epoch: int, reason: str) -> None:
+        """A callback stopped training after `epoch` for `reason` (its `StopTraining`'s
+        message): no test split, no final metrics."""
 
 
 class StopTraining(Exception):
@@ -216,12 +217,12 @@ def fit(
             # after, so that the write does not delay the reports.
             if writer is not None:
                 writer.hold(_training_state(run, epoch))
-            stopped = _report_epoch(metrics, callbacks)
+            stop_reason = _report_epoch(metrics, callbacks)
             if writer is not None:
                 writer.start_write()
-            if stopped:
+            if stop_reason is not None:
                 for callback in callbacks:
-                    callback.on_train_stopped(epoch)
+                    callback.on_train_stopped(epoch, stop_reason)
                 return run.model, None
     return run.model, _test(run, callbacks)
 
@@ -283,15 +284,15 @@ def _training_state(run: _Training, epoch: int) -> TrainingState:
     )
 
 
-def _report_epoch(metrics: EpochMetrics, callbacks: Sequence[Callback]) -> bool:
-    """Every callback gets the epoch; True when one of them stopped training."""
-    stopped = False
+def _report_epoch(metrics: EpochMetrics, callbacks: Sequence[Callback]) -> str | None:
+    """Every callback gets the epoch; the reason one of them gave for stopping training, if any."""
+    stop_reason = None
     for callback in callbacks:
         try:
             callback.on_epoch_end(metrics)
-        except StopTraining:
-            stopped = True
-    return stopped
+        except StopTraining as stop:
+            stop_reason = str(stop)
+    return stop_reason
 
 
 def _test(run: _Training, callbacks: Sequence[Callback]) -> FinalMetrics:

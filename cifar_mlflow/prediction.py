@@ -1,7 +1,10 @@
 """`predict`: image files through a logged or registered classifier, one line per image.
 
 Any image PIL opens is converted to RGB, its central square cropped and resized to 32×32
-(`ImageOps.fit`, bicubic with antialiasing), the layout the classifier takes.
+(`classifier.fit_image`, bicubic with antialiasing), the layout the classifier takes. The
+model's own pyfunc decodes the files (the function a served model uses on posted files); a
+model of the release before, whose pyfunc takes uint8 arrays, gets them fitted here by the
+same function.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from urllib.parse import urlsplit
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 from mlflow.pyfunc import PyFuncModel
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from cifar_mlflow.classifier import CLASS_COLUMN, IMAGE_SHAPE, is_image_classifier
+from cifar_mlflow.classifier import CLASS_COLUMN, IMAGE_COLUMN, fit_image, is_image_classifier
 from cifar_mlflow.errors import UserError
 from cifar_mlflow.reachability import check_reachable, redact_uri
 
@@ -77,16 +82,16 @@ def read_image(path: Path) -> np.ndarray:
     """`path` as RGB uint8 (32, 32, 3): converted, centre-cropped to a square and resized."""
     try:
         with opened(path) as image:
-            rgb = image.convert("RGB")
+            return fit_image(image)
     except OSError as error:  # a header PIL knows over truncated or corrupt pixel data
         raise PredictionError(f"{path} is not an image PIL can read ({error})") from None
-    size = IMAGE_SHAPE[1], IMAGE_SHAPE[0]
-    fitted = ImageOps.fit(rgb, size, method=Image.Resampling.BICUBIC)
-    return np.asarray(fitted, dtype=np.uint8)
 
 
 def load_classifier(model_uri: str) -> PyFuncModel:
-    """The pyfunc model at `model_uri`, if it is an `ImageClassifier` of this project."""
+    """The pyfunc model at `model_uri`, if it is an image classifier of this project.
+
+    The URI is resolved and the model downloaded once; its MLmodel is read from the copy.
+    """
     # The predictions are this command's output; MLflow's download bars would only add noise.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     scheme = urlsplit(model_uri).scheme
@@ -95,24 +100,48 @@ def load_classifier(model_uri: str) -> PyFuncModel:
     elif scheme == "runs":
         check_reachable(mlflow.get_tracking_uri())
     try:
-        info = mlflow.models.get_model_info(model_uri)  # MLmodel alone: no weights yet
+        local_path = mlflow.artifacts.download_artifacts(model_uri)
+        mlmodel = Model.load(local_path)
     except (MlflowException, OSError) as error:
         reason = str(getattr(error, "message", error)).strip().splitlines()[0]
         raise PredictionError(f"no model at {redact_uri(model_uri)} ({reason})") from None
-    if not is_image_classifier(info.metadata):
+    if not is_image_classifier(mlmodel.metadata):
+        hint = "log or register one trained by this project"
+        pyfunc = mlmodel.flavors.get(mlflow.pyfunc.FLAVOR_NAME, {})
+        if pyfunc.get(mlflow.pyfunc.MAIN) == "mlflow.pytorch":
+            hint = (
+                "it is a bare network of an earlier release: load it with "
+                "mlflow.pytorch.load_model, or train the model again"
+            )
         raise PredictionError(
             f"{redact_uri(model_uri)} is not an image classifier of cifar-mlflow (its MLmodel "
-            "has no cifar_mlflow metadata); log or register one trained by this project"
+            f"has no cifar_mlflow metadata); {hint}"
         )
-    return mlflow.pyfunc.load_model(model_uri)
+    # MLflow's check of the model's requirements against the installed packages reads every
+    # installed distribution's file list (about a second); `predict` runs in the environment of
+    # the project that logged the model.
+    return mlflow.pyfunc.load_model(local_path, suppress_warnings=True)
+
+
+def answers(model: PyFuncModel, files: Sequence[Path]) -> pd.DataFrame:
+    """The model's frame for `files`: the files themselves, or pixels for a model that takes
+    uint8 arrays (the release before)."""
+    schema = model.metadata.get_input_schema()
+    if schema is not None and schema.is_tensor_spec():
+        return model.predict(np.stack([read_image(path) for path in files]))
+    try:
+        return model.predict(pd.DataFrame({IMAGE_COLUMN: [path.read_bytes() for path in files]}))
+    except MlflowException:
+        for path in files:
+            read_image(path)  # names the file the model could not decode
+        raise
 
 
 def predict_files(model: PyFuncModel, files: Sequence[Path], top_k: int) -> Iterator[Prediction]:
     """Each file's `top_k` classes with their probabilities, in the order of `files`."""
     for start in range(0, len(files), CHUNK):
         chunk = files[start : start + CHUNK]
-        frame = model.predict(np.stack([read_image(path) for path in chunk]))
-        probabilities = frame.drop(columns=CLASS_COLUMN)
+        probabilities = answers(model, chunk).drop(columns=CLASS_COLUMN)
         for path, (_, row) in zip(chunk, probabilities.iterrows(), strict=True):
             ranked = row.sort_values(ascending=False, kind="stable").head(top_k)
             yield Prediction(str(path), [(name, float(p)) for name, p in ranked.items()])

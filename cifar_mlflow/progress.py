@@ -76,10 +76,10 @@ class ProgressCallback(Callback):
         else:
             click.echo(f"{self.label} epoch {metrics.epoch}/{self.num_epochs}: {summary}", err=True)
 
-    def on_train_stopped(self, epoch: int) -> None:
+    def on_train_stopped(self, epoch: int, reason: str) -> None:
         if self.bar is not None:
             self.bar.close()
-        click.echo(f"{self.label}: stopped early at epoch {epoch}", err=True)
+        click.echo(f"{self.label}: stopped at epoch {epoch}: {reason}", err=True)
 
     def on_train_end(self, model: nn.Module, metrics: FinalMetrics) -> None:
         click.echo(

@@ -210,9 +210,9 @@ def register(
             client.create_registered_model(
                 name,
                 description=(
-                    f"CIFAR-10 classifier: RGB uint8 images (N, 32, 32, 3) in, class and "
-                    f"probabilities out. Load: mlflow.pyfunc.load_model("
-                    f"'models:/{name}@{schema.CHAMPION_ALIAS}')"
+                    f"CIFAR-10 classifier: image files in, class and probabilities out, "
+                    f"with mlflow.pyfunc.load_model('models:/{name}@{schema.CHAMPION_ALIAS}'); "
+                    "the trained network with mlflow.pytorch.load_model"
                 ),
             )
         # MLflow's own registration also links the logged model to the version (its UI page

@@ -45,6 +45,7 @@ METRIC_BEST_VALID_ACC = "best_valid_acc"  # a run's best epoch; on a parent, its
 # Searched studies (issue 14): a trial stopped early ends FINISHED with this tag (no test
 # metrics, no model); its trials carry their number in the search and the search's key.
 TAG_STOPPED_AT_EPOCH = "stopped_at_epoch"
+TAG_STOPPED_REASON = "stopped_reason"  # the pruner's comparison, e.g. "valid_acc 0.31 below…"
 TAG_TRIAL_NUMBER = "trial_number"  # 1-based, counted over every sweep of the search
 TAG_SEARCH_KEY = "search_key"  # hash of the search space, its rules and the fixed trial
 METRIC_TRIALS_STOPPED = "trials_stopped"

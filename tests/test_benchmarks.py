@@ -11,11 +11,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 THROUGHPUT = REPO / "benchmarks" / "throughput.py"
-# model, phase, images, project img/s, reference img/s, ratio, GFLOP/s, then peak %, data %
-# and warm-up seconds, which may be "-".
+# model, phase, images, project img/s, reference img/s, ratio, GFLOP/s, peak % (on the CPU
+# too, against a GEMM measured in the same run), then data % and warm-up seconds, which may be
+# "-".
 ROW = re.compile(
     r"^(?P<model>mlp|resnet18|mlpmixer)\s+(?P<phase>train|infer)\s+(?P<images>\d+)\s+"
-    r"(?P<project>[\d.]+)\s+(?P<reference>[\d.]+)\s+(?P<ratio>[\d.]+)\s+(?P<gflops>[\d.]+)\s"
+    r"(?P<project>[\d.]+)\s+(?P<reference>[\d.]+)\s+(?P<ratio>[\d.]+)\s+(?P<gflops>[\d.]+)\s+"
+    r"(?P<peak>[\d.]+)\s"
 )
 
 
@@ -38,6 +40,7 @@ def test_quick_throughput_prints_numbers_for_both_loops(tmp_path: Path) -> None:
         assert int(row["images"]) > 0
         project, reference = float(row["project"]), float(row["reference"])
         assert project > 0 and reference > 0 and float(row["gflops"]) > 0
+        assert float(row["peak"]) > 0
         assert float(row["ratio"]) == pytest.approx(project / reference, abs=0.01, rel=0.01)
     assert list(tmp_path.iterdir()) == []  # nothing left behind in the working folder
 

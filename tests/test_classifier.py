@@ -1,4 +1,5 @@
-"""The logged model on raw images (issue 15): what it takes, what it answers, where it loads."""
+"""The logged model (issues 15, 23): one model, two flavors — the network for
+`mlflow.pytorch`, the image classifier for `mlflow.pyfunc` — wherever it is loaded from."""
 
 from __future__ import annotations
 
@@ -15,19 +16,29 @@ import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
-from cifar_mlflow.cifar_pickle import CIFAR_FOLDER
-from cifar_mlflow.classifier import ImageClassifier, model_signature
+from cifar_mlflow.cifar_pickle import CIFAR_FOLDER, CLASS_NAMES
+from cifar_mlflow.classifier import ImageClassifier
 from cifar_mlflow.cli import main
 from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.data import read_cifar_folder, to_device
-from tests.classifier_runs import example_images, linear_network, trial
+from cifar_mlflow.data import CIFAR_MEAN, CIFAR_STD, read_cifar_folder, to_device
+from cifar_mlflow.registry import register_run, register_sweep_champion
+from cifar_mlflow.tracking.model_logging import encoded_images, model_signature
+from tests.classifier_runs import (
+    STUDY,
+    colour_images,
+    sweep_parent,
+    trained_network,
+    trial,
+)
 
 
 def test_the_classifier_normalises_raw_images_as_training_does(small_synthetic_dir: Path):
     arrays = read_cifar_folder(small_synthetic_dir / "synthetic" / CIFAR_FOLDER)
-    network = linear_network()
-    answered = ImageClassifier(network, arrays.class_names).predict(None, arrays.test_images)
+    network = trained_network()
+    classifier = ImageClassifier(network, arrays.class_names, CIFAR_MEAN, CIFAR_STD)
+    answered = classifier.answer(arrays.test_images)
 
     trained_on = to_device(arrays, TrainConfig(dataset="synthetic"), torch.device("cpu"))
     with torch.no_grad():
@@ -38,21 +49,59 @@ def test_the_classifier_normalises_raw_images_as_training_does(small_synthetic_d
     assert (answered["class"].to_numpy() == names[expected.argmax(axis=1)]).all()
 
 
-def test_the_signature_declares_uint8_images_in_and_named_probabilities_out():
+def test_the_signature_declares_image_files_in_and_named_probabilities_out():
     signature = model_signature(("cat", "dog"))
     (images,) = signature.inputs.inputs
-    assert (images.type, images.shape) == (np.dtype(np.uint8), (-1, 32, 32, 3))
+    assert (images.name, images.type.name) == ("image", "binary")
     assert signature.outputs.input_names() == ["class", "cat", "dog"]
     assert [c.type.name for c in signature.outputs.inputs] == ["string", "double", "double"]
+
+
+@pytest.fixture
+def champion_uris(tracking_store: str) -> list[str]:
+    """The champion a sweep registered, and a version `register` added from its run."""
+    experiment_id = MlflowClient().create_experiment("flavors")
+    parent = sweep_parent(experiment_id)
+    run_id = trial(experiment_id, parent, best_valid_acc=0.5, test_acc=0.5)
+    register_sweep_champion(STUDY, parent)
+    registered = register_run(run_id)
+    return [f"models:/cifar10-{STUDY}@champion", f"models:/{registered.name}/{registered.version}"]
+
+
+def test_a_registered_model_is_the_network_for_pytorch_and_the_classifier_for_pyfunc(
+    champion_uris: list[str],
+):
+    pixels, labels = colour_images(3, seed=5)
+    for uri in champion_uris:
+        network = mlflow.pytorch.load_model(uri)
+        assert type(network).__name__ == "MLP"
+        for name, tensor in trained_network().state_dict().items():
+            torch.testing.assert_close(network.state_dict()[name], tensor)
+        elsewhere = mlflow.pytorch.load_model(uri, map_location="meta")  # any device
+        assert {p.device.type for p in elsewhere.parameters()} == {"meta"}
+
+        answered = mlflow.pyfunc.load_model(uri).predict(encoded_images(pixels))
+        assert list(answered["class"]) == [CLASS_NAMES[label] for label in labels]
+
+
+def test_a_file_that_is_not_an_image_is_refused_naming_it(champion_uris: list[str]):
+    model = mlflow.pyfunc.load_model(champion_uris[0])
+    files = encoded_images(colour_images(1)[0][:2])
+    files.loc[1, "image"] = b"not an image"
+    with pytest.raises(MlflowException, match="image 1 is not an image file PIL can read"):
+        model.predict(files)
 
 
 # Loads a logged model with `cifar_mlflow` unimportable: argv = model URI, folder.
 LOAD_WITHOUT_PROJECT = """
 import sys
 sys.modules["cifar_mlflow"] = None
-import mlflow, numpy as np
+import mlflow, pandas as pd, torch
+folder = sys.argv[2]
 model = mlflow.pyfunc.load_model(sys.argv[1])
-model.predict(np.load(sys.argv[2] + "/images.npy")).to_pickle(sys.argv[2] + "/answer.pkl")
+model.predict(pd.read_pickle(folder + "/files.pkl")).to_pickle(folder + "/answer.pkl")
+network = mlflow.pytorch.load_model(sys.argv[1])
+torch.save(network(torch.load(folder + "/inputs.pt")), folder + "/logits.pt")
 """
 
 
@@ -61,8 +110,10 @@ def test_the_logged_model_loads_and_answers_without_the_project(tracking_store, 
     (logged,) = MlflowClient().search_logged_models(
         experiment_ids=[MlflowClient().get_run(run_id).info.experiment_id]
     )
-    images = example_images(6, seed=2)
-    np.save(tmp_path / "images.npy", images)
+    files = encoded_images(colour_images(2, seed=2)[0])
+    files.to_pickle(tmp_path / "files.pkl")
+    inputs = torch.randn(4, 3, 32, 32)
+    torch.save(inputs, tmp_path / "inputs.pt")
     subprocess.run(
         [sys.executable, "-c", LOAD_WITHOUT_PROJECT, logged.model_uri, str(tmp_path)],
         cwd=tmp_path,
@@ -71,8 +122,10 @@ def test_the_logged_model_loads_and_answers_without_the_project(tracking_store, 
         capture_output=True,
     )
     elsewhere = pd.read_pickle(tmp_path / "answer.pkl")
-    here = mlflow.pyfunc.load_model(logged.model_uri).predict(images)
+    here = mlflow.pyfunc.load_model(logged.model_uri).predict(files)
     pd.testing.assert_frame_equal(elsewhere, here)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), trained_network()(inputs))
 
 
 @pytest.mark.e2e
@@ -92,7 +145,8 @@ def test_the_class_names_are_those_of_the_data_set_the_run_trained_on(
     (run,) = MlflowClient().search_runs(
         [MlflowClient().get_experiment_by_name("cifar10").experiment_id]
     )
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    answered = model.predict(example_images(3))
+    uri = f"runs:/{run.info.run_id}/model"
+    answered = mlflow.pyfunc.load_model(uri).predict(encoded_images(colour_images(1)[0][:3]))
     assert list(answered.columns) == ["class", *names]
     assert set(answered["class"]) <= set(names)
+    assert type(mlflow.pytorch.load_model(uri)).__name__ == "MLP"  # the network trained

@@ -22,7 +22,7 @@ from tests.test_sweep import folders
 
 MLFLOW_LOG_LINE = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (INFO|WARNING) mlflow\.", re.M)
 MONITOR_STARTED = "INFO mlflow.system_metrics.system_metrics_monitor: Started monitoring"
-PICKLE_WARNING = "WARNING mlflow.pyfunc: Passing a Python object as `python_model`"
+PICKLE_WARNING = "WARNING mlflow.pytorch: Saving pytorch model by Pickle or CloudPickle format"
 TINY = ["--model", "mlp", "--hidden-sizes", "16", "--dataset", "synthetic", "--epochs", "1"]
 TWO_TRIALS = "model: mlp\ngrid:\n  lr: [0.01, 0.001]\n"
 

@@ -9,6 +9,7 @@ under the temporary folder: nothing is written into the checkout.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -26,9 +27,11 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.models import Model
+from PIL import Image
 
 from cifar_mlflow import cifar_pickle, data, schema
 from cifar_mlflow.config import TrainConfig, settings
+from cifar_mlflow.tracking.model_logging import encoded_images
 
 pytestmark = pytest.mark.e2e
 
@@ -231,10 +234,10 @@ def test_artifacts(trained: MlflowRunResult) -> None:
 LOAD_WITHOUT_PROJECT = """
 import sys
 sys.modules["cifar_mlflow"] = None
-import mlflow, numpy as np
+import mlflow, pandas as pd
 model = mlflow.pyfunc.load_model(sys.argv[1])
-images = np.load(sys.argv[2] + "/images.npy")
-model.predict(images).to_pickle(sys.argv[2] + "/predictions.pkl")
+files = pd.read_pickle(sys.argv[2] + "/files.pkl")
+model.predict(files).to_pickle(sys.argv[2] + "/predictions.pkl")
 """
 
 
@@ -251,15 +254,17 @@ def test_logged_model_classifies_raw_images_also_without_the_project(
 
     signature = model.metadata.signature
     (images_spec,) = signature.inputs.inputs
-    assert (images_spec.type, images_spec.shape) == (np.dtype(np.uint8), (-1, 32, 32, 3))
+    assert (images_spec.name, images_spec.type.name) == ("image", "binary")
     assert signature.outputs.input_names() == ["class", *class_names]
     # A real-looking example: the first test images of the data set the run trained on.
     folder = mlflow.artifacts.download_artifacts(logged.model_uri, dst_path=str(tmp_path))
     example = Model.load(folder).load_input_example(folder)
-    np.testing.assert_array_equal(example, arrays.test_images[:2])
+    decoded = [np.asarray(Image.open(io.BytesIO(file))) for file in example["image"]]
+    np.testing.assert_array_equal(decoded, arrays.test_images[:2])
 
-    # The raw test images, classified as the run's test split was: normalisation inside.
-    predictions = model.predict(arrays.test_images)
+    # The test images as PNG files, classified as the run's test split was.
+    files = encoded_images(arrays.test_images)
+    predictions = model.predict(files)
     assert list(predictions.columns) == ["class", *class_names]
     probabilities = predictions[class_names].to_numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
@@ -268,10 +273,10 @@ def test_logged_model_classifies_raw_images_also_without_the_project(
     accuracy = (predicted == np.asarray(class_names)[arrays.test_labels]).mean()
     # Training evaluates under bf16 autocast where the CPU has it; the model runs in fp32.
     assert accuracy == pytest.approx(run.data.metrics[schema.METRIC_TEST_ACC], abs=0.02)
-    assert isinstance(model.unwrap_python_model().network, torch.nn.Module)
+    assert isinstance(mlflow.pytorch.load_model(logged.model_uri), torch.nn.Module)
 
     # Where this project is not installed, the model loads all the same and agrees.
-    np.save(tmp_path / "images.npy", arrays.test_images[:16])
+    files[:16].to_pickle(tmp_path / "files.pkl")
     subprocess.run(
         [sys.executable, "-c", LOAD_WITHOUT_PROJECT, logged.model_uri, str(tmp_path)],
         cwd=tmp_path,

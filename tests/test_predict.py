@@ -11,13 +11,18 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
 from PIL import Image
 
 from cifar_mlflow.cifar_pickle import CLASS_NAMES
+from cifar_mlflow.classifier import ImageClassifier, model_metadata
 from cifar_mlflow.cli import main
+from cifar_mlflow.data import CIFAR_MEAN, CIFAR_STD
 from cifar_mlflow.prediction import read_image
 from cifar_mlflow.registry import register_sweep_champion
-from tests.classifier_runs import STUDY, example_images, sweep_parent, trial
+from cifar_mlflow.tracking.model_logging import encoded_images
+from tests.classifier_runs import STUDY, colour_images, sweep_parent, trained_network, trial
 
 URI = f"models:/cifar10-{STUDY}@champion"
 
@@ -36,7 +41,7 @@ def images(tmp_path: Path) -> tuple[list[Path], np.ndarray]:
     """Three 32×32 images as PNG (lossless: the pixels the model sees), and a text file."""
     folder = tmp_path / "images"
     folder.mkdir()
-    pixels = example_images(3, seed=1)
+    pixels = colour_images(1, seed=1)[0][[2, 5, 9]]
     paths = [folder / f"{name}.png" for name in ("a", "b", "c")]
     for path, image in zip(paths, pixels, strict=True):
         Image.fromarray(image).save(path)
@@ -54,7 +59,7 @@ def predict(*args: str, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
 
 def expected(model: mlflow.pyfunc.PyFuncModel, pixels: np.ndarray) -> list[list[tuple[str, float]]]:
     """Per image, the classes by decreasing probability, as the model answers in Python."""
-    frame = model.predict(pixels)[list(CLASS_NAMES)]
+    frame = model.predict(encoded_images(pixels))[list(CLASS_NAMES)]
     return [
         sorted(row.items(), key=lambda item: -item[1]) for row in frame.to_dict(orient="records")
     ]
@@ -70,6 +75,7 @@ def test_text_lines_give_file_class_and_confidence(champion, images, capsys):
         [str(p), r[0][0]] for p, r in zip(paths, ranked, strict=True)
     ]
     assert [float(line[2]) for line in lines] == pytest.approx([r[0][1] for r in ranked], abs=1e-4)
+    assert [line[1] for line in lines] == [CLASS_NAMES[k] for k in (2, 5, 9)]  # as trained
 
 
 def test_a_folder_means_each_image_in_it_and_top_k_ranks_classes(champion, images, capsys):
@@ -141,3 +147,42 @@ def test_a_model_of_another_kind_is_refused(tracking_store, images, capsys, tmp_
     status, _, err = predict("--model", str(tmp_path / "echo"), str(paths[0]), capsys=capsys)
     assert status == 2
     assert "is not an image classifier of cifar-mlflow" in err and len(err.splitlines()) == 1
+
+
+class ArraysClassifier(mlflow.pyfunc.PythonModel):
+    """A classifier as the release before logged it: uint8 arrays in, no pytorch flavor."""
+
+    def __init__(self) -> None:
+        self.classifier = ImageClassifier(trained_network(), CLASS_NAMES, CIFAR_MEAN, CIFAR_STD)
+
+    def predict(self, context, model_input: np.ndarray, params=None):
+        return self.classifier.answer(model_input)
+
+
+def test_a_model_of_the_release_before_still_answers(tracking_store, images, capsys, tmp_path):
+    signature = ModelSignature(Schema([TensorSpec(np.dtype(np.uint8), (-1, 32, 32, 3))]))
+    folder = tmp_path / "old"
+    mlflow.pyfunc.save_model(
+        folder,
+        python_model=ArraysClassifier(),
+        signature=signature,
+        metadata=model_metadata(CLASS_NAMES),
+        pip_requirements=["torch"],
+    )
+    paths, _ = images
+    status, out, _ = predict("--model", str(folder), *map(str, paths), capsys=capsys)
+    assert status == 0
+    assert [line.split("\t")[1] for line in out.splitlines()] == [CLASS_NAMES[k] for k in (2, 5, 9)]
+
+
+def test_a_bare_network_of_an_earlier_release_is_refused_saying_what_to_do(
+    tracking_store, images, capsys, tmp_path: Path
+):
+    bare = tmp_path / "bare"
+    mlflow.pytorch.save_model(
+        trained_network(), bare, serialization_format="pickle", pip_requirements=["torch"]
+    )
+    paths, _ = images
+    status, _, err = predict("--model", str(bare), str(paths[0]), capsys=capsys)
+    assert status == 2 and len(err.splitlines()) == 1
+    assert "load it with mlflow.pytorch.load_model, or train the model again" in err

@@ -74,7 +74,7 @@ def logged_weights(run_id: str) -> dict[str, torch.Tensor]:
         experiment_ids=[MlflowClient().get_run(run_id).info.experiment_id],
         filter_string=f"{schema.LOGGED_MODEL_SOURCE_RUN} = '{run_id}'",
     )
-    return mlflow.pyfunc.load_model(model.model_uri).unwrap_python_model().network.state_dict()
+    return mlflow.pytorch.load_model(model.model_uri).state_dict()
 
 
 def test_sigkill_then_resume_finishes_the_same_run_with_the_uninterrupted_weights(

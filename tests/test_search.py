@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -87,6 +88,10 @@ def test_a_12_trial_search_stops_some_trials_then_continues_where_it_stopped(
     for run in stopped:
         epoch = int(run.data.tags[schema.TAG_STOPPED_AT_EPOCH])
         assert 1 <= epoch < 4
+        assert re.fullmatch(
+            r"valid_acc 0\.\d\d below the median 0\.\d\d of \d+ complete trials",
+            run.data.tags[schema.TAG_STOPPED_REASON],
+        )
         assert valid_acc_epochs(run.info.run_id) == list(range(1, epoch + 1))
         assert schema.METRIC_TEST_ACC not in run.data.metrics and run.info.run_id not in with_model
     for run in complete:
@@ -118,10 +123,19 @@ def test_a_12_trial_search_stops_some_trials_then_continues_where_it_stopped(
     # The analysis sees the whole search from its latest sweep, stopped trials as stopped.
     capsys.readouterr()
     assert analyse(search_main, "--study", "mlp_search", "-o", str(tmp_path / "out")) == 0
-    table = capsys.readouterr().out.splitlines()
+    printed = capsys.readouterr()
+    table = printed.out.splitlines()
     complete_now = {
         n: r for n, r in after.items() if schema.TAG_STOPPED_AT_EPOCH not in r.data.tags
     }
+    for number, run in after.items():
+        if number not in complete_now:
+            tags = run.data.tags
+            assert (
+                f"Trial {number} ({run.info.run_name}) stopped at epoch "
+                f"{tags[schema.TAG_STOPPED_AT_EPOCH]}: {tags[schema.TAG_STOPPED_REASON]}"
+            ) in printed.err.splitlines()
+    assert "Downloading artifacts" not in printed.err
     best_number = max(
         complete_now, key=lambda n: complete_now[n].data.metrics[schema.METRIC_BEST_VALID_ACC]
     )
@@ -183,9 +197,9 @@ class StopAt:
         self.epoch = epoch
         self.heard: list[tuple[int, int]] = []
 
-    def report(self, number: int, epoch: int, valid_acc: float) -> bool:
+    def report(self, number: int, epoch: int, valid_acc: float) -> str | None:
         self.heard.append((number, epoch))
-        return epoch >= self.epoch
+        return f"told to stop at epoch {self.epoch}" if epoch >= self.epoch else None
 
 
 def fit_with(judge: StopAt, epochs: int) -> tuple[Recorder, engine.FinalMetrics | None, list]:
@@ -193,8 +207,8 @@ def fit_with(judge: StopAt, epochs: int) -> tuple[Recorder, engine.FinalMetrics 
     stopped: list[int] = []
 
     class Stopped(Recorder):
-        def on_train_stopped(self, epoch: int) -> None:
-            stopped.append(epoch)
+        def on_train_stopped(self, epoch: int, reason: str) -> None:
+            stopped.append((epoch, reason))
 
     # The recorder after the stopping callback: it still hears the epoch that stopped training.
     recorder = Stopped()
@@ -206,7 +220,7 @@ def fit_with(judge: StopAt, epochs: int) -> tuple[Recorder, engine.FinalMetrics 
 def test_a_stopped_trial_ends_after_its_epoch_without_the_test_split():
     recorder, final, stopped = fit_with(StopAt(2), epochs=4)
     assert final is None
-    assert stopped == [2]
+    assert stopped == [(2, "told to stop at epoch 2")]
     assert recorder.events == [("start", 4, 2), ("epoch_end", 1), ("epoch_end", 2)]
 
 
@@ -245,8 +259,10 @@ def test_the_median_pruner_waits_for_min_epochs_and_compares_with_complete_trial
     ]
     state = SearchState(spec, 4, 42, good)
     number, _ = state.ask()
-    assert state.report(number, 1, 0.1) is False  # before min_epochs
-    assert state.report(number, 2, 0.1) is True
+    assert state.report(number, 1, 0.1) is None  # before min_epochs
+    assert state.report(number, 2, 0.1) == (
+        "valid_acc 0.10 below the median 0.85 of 3 complete trials"
+    )
     state.tell(number, Ending.STOPPED)
     trial = state.study.trials[-1]
     assert trial.state.name == "PRUNED" and trial.intermediate_values == {1: 0.1, 2: 0.1}

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import requests
 from mlflow import MlflowClient
 
 from benchmarks.plain_server import model_server
 from cifar_mlflow.cli import main
+from cifar_mlflow.data import CLASS_NAMES
 from cifar_mlflow.registry import register_sweep_champion
-from tests.classifier_runs import STUDY, example_images, sweep_parent, trial
+from cifar_mlflow.tracking.model_logging import encoded_images
+from tests.classifier_runs import STUDY, colour_images, sweep_parent, trial
 
 URI = f"models:/cifar10-{STUDY}@champion"
 
@@ -26,27 +30,36 @@ def register_champion() -> None:
     register_sweep_champion(STUDY, parent)
 
 
+def png_request(files: list[bytes]) -> dict:
+    """The JSON body docs/serving.md's curl command sends: the files, base64-encoded."""
+    encoded = [[base64.b64encode(file).decode()] for file in files]
+    return {"dataframe_split": {"columns": ["image"], "data": encoded}}
+
+
 def check_answers(url: str, model: mlflow.pyfunc.PyFuncModel) -> None:
-    """A JSON request of raw images gets the model's predictions; a wrong shape gets a 400."""
-    images = example_images(5, seed=3)
-    response = requests.post(f"{url}/invocations", json={"inputs": images.tolist()}, timeout=60)
+    """PNG files posted over HTTP get the model's answers (their trained classes); a file that
+    is not an image gets a 400."""
+    pixels, labels = colour_images(1, seed=3)
+    files = encoded_images(pixels)["image"].tolist()
+    response = requests.post(f"{url}/invocations", json=png_request(files), timeout=60)
     assert response.status_code == 200, response.text
     answered = response.json()["predictions"]
-    expected = model.predict(images).to_dict(orient="records")
-    assert [row["class"] for row in answered] == [row["class"] for row in expected]
+    assert [row["class"] for row in answered] == [CLASS_NAMES[label] for label in labels]
+    expected = model.predict(pd.DataFrame({"image": files})).to_dict(orient="records")
     for row, want in zip(answered, expected, strict=True):
         assert set(row) == set(want)
         assert [row[k] for k in want if k != "class"] == pytest.approx(
             [want[k] for k in want if k != "class"], abs=1e-6
         )
-    # The declared signature is checked: 16×32 images are refused.
-    cropped = {"inputs": images[:, :16].tolist()}
-    refused = requests.post(f"{url}/invocations", json=cropped, timeout=60)
+    refused = requests.post(
+        f"{url}/invocations", json=png_request([files[0], b"not an image"]), timeout=60
+    )
     assert refused.status_code == 400
+    assert "image 1 is not an image file PIL can read" in refused.text
 
 
 @pytest.mark.e2e
-def test_served_champion_answers_a_json_request_of_images(tracking_store: str, tmp_path: Path):
+def test_served_champion_answers_png_files_with_their_classes(tracking_store: str, tmp_path: Path):
     register_champion()
     model = mlflow.pyfunc.load_model(URI)
     with model_server(URI, tmp_path) as (url, _):

@@ -14,8 +14,8 @@ from cifar_mlflow.schema import EpochMetrics
 class Judge(Protocol):
     """The search's state (`SearchState`, or its proxy in a Ray actor)."""
 
-    def report(self, number: int, epoch: int, valid_acc: float) -> bool:
-        """Record an epoch of trial `number`; whether to stop the trial now."""
+    def report(self, number: int, epoch: int, valid_acc: float) -> str | None:
+        """Record an epoch of trial `number`; why to stop the trial now, or None."""
         ...
 
 
@@ -44,6 +44,6 @@ class EarlyStopping(Callback):
             self.judge.report(self.number, metrics.epoch, metrics.valid_acc)
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
-        stop = self.judge.report(self.number, metrics.epoch, metrics.valid_acc)
-        if stop and metrics.epoch < self.num_epochs:
-            raise StopTraining(f"stopped early at epoch {metrics.epoch}")
+        reason = self.judge.report(self.number, metrics.epoch, metrics.valid_acc)
+        if reason is not None and metrics.epoch < self.num_epochs:
+            raise StopTraining(reason)

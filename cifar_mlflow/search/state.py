@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -120,16 +121,35 @@ class SearchState:
         self.running[trial.number] = trial
         return trial.number, trial.params
 
-    def report(self, number: int, epoch: int, valid_acc: float) -> bool:
-        """Record trial `number`'s epoch; whether the pruner would stop it now."""
+    def report(self, number: int, epoch: int, valid_acc: float) -> str | None:
+        """Record trial `number`'s epoch; why the pruner would stop it now, or None."""
         trial = self.running[number]
         trial.report(valid_acc, epoch)
-        return bool(trial.should_prune())  # numpy.bool_ from the median pruner
+        if not trial.should_prune():
+            return None
+        return prune_reason(self.study, trial, epoch)
 
     def tell(self, number: int, ending: Ending, value: float | None = None) -> None:
         state = TRIAL_STATES[ending]
         trial = self.running.pop(number)
         self.study.tell(trial, value if state is TrialState.COMPLETE else None, state=state)
+
+
+def prune_reason(study: optuna.Study, trial: optuna.Trial, epoch: int) -> str:
+    """What the pruner compared when it stopped `trial` at `epoch`, in the objective's terms
+    (the median is over the complete trials' `valid_acc` at that epoch)."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    best = max(next(t for t in running if t.number == trial.number).intermediate_values.values())
+    if isinstance(study.pruner, optuna.pruners.MedianPruner):
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        at_epoch = [
+            t.intermediate_values[epoch] for t in complete if epoch in t.intermediate_values
+        ]
+        return (
+            f"valid_acc {best:.2f} below the median {statistics.median(at_epoch):.2f} of "
+            f"{len(at_epoch)} complete trials"
+        )
+    return f"valid_acc {best:.2f} not in the best third of its Hyperband rung"
 
 
 def pruner(spec: SearchSpec, epochs: int) -> optuna.pruners.BasePruner:

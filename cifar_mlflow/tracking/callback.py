@@ -2,33 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from types import ModuleType
 
-import cloudpickle
-import mlflow
 import numpy as np
-import torch
 from mlflow import MlflowClient
-from mlflow.entities import LoggedModelOutput, Run
+from mlflow.entities import Run, RunTag
 from torch import nn
 
-import cifar_mlflow
 from cifar_mlflow import schema
-from cifar_mlflow.classifier import ImageClassifier, model_metadata, model_signature
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.data import CifarArrays
 from cifar_mlflow.engine import Callback
 from cifar_mlflow.environment import Environment
-from cifar_mlflow.models.registry import extra_modules
 from cifar_mlflow.schema import EpochMetrics, FinalMetrics
 from cifar_mlflow.tracking.metric_writer import MetricWriter
+from cifar_mlflow.tracking.model_logging import log_model
 from cifar_mlflow.tracking.runs import record_run_description
 from cifar_mlflow.weights import weights_figure
 
@@ -116,9 +108,12 @@ class MlflowCallback(Callback):
             # failed keeps its results all the same.
             self._log_metrics(metrics.metrics(), step=0, model_id=model_id)
 
-    def on_train_stopped(self, epoch: int) -> None:
+    def on_train_stopped(self, epoch: int, reason: str) -> None:
         self._wait_described()
-        MlflowClient().set_tag(self.run.info.run_id, schema.TAG_STOPPED_AT_EPOCH, str(epoch))
+        tags = {schema.TAG_STOPPED_AT_EPOCH: str(epoch), schema.TAG_STOPPED_REASON: reason}
+        MlflowClient().log_batch(
+            self.run.info.run_id, tags=[RunTag(key, value) for key, value in tags.items()]
+        )
 
     def _log_artifacts(self, model: nn.Module) -> str:
         """Uploads the final model's artifacts; returns the logged model's id."""
@@ -138,65 +133,3 @@ class MlflowCallback(Callback):
         self, values: Mapping[str, float], step: int, model_id: str | None = None
     ) -> None:
         self._metrics.write(values, step, model_id)  # sent by the writer's thread
-
-
-def log_model(
-    run: Run,
-    model: nn.Module,
-    class_names: Sequence[str],
-    input_example: np.ndarray,
-    params: Mapping[str, str],
-) -> str:
-    """Log `model` as an `ImageClassifier` output of `run`; returns the logged model's id.
-
-    The logged model takes RGB uint8 images (N, 32, 32, 3) and answers each with its class
-    name and the probabilities of `class_names` (the normalisation is inside), with a declared
-    signature and `input_example` (real images of the data set) for `mlflow models serve`.
-    `mlflow.pyfunc.load_model` loads it without this project installed, under the Python
-    minor version in its python_env.yaml: the classifier and the network's classes are pickled
-    by value (shipping the package as code instead would upload each of its files
-    separately), so they are copies, not those of `cifar_mlflow`. The trained `nn.Module` is
-    the loaded model's `unwrap_python_model().network`.
-
-    Called from a thread without an active run, `mlflow.pyfunc.log_model` only fills the
-    model created here; linking it to `run` is then one request, where MLflow would fetch the
-    run twice and copy the history of every metric onto the model, a request per metric.
-    """
-    classifier = ImageClassifier(copy.deepcopy(model).float().cpu(), class_names)
-    logged = mlflow.initialize_logged_model(
-        name=schema.MODEL_NAME,
-        source_run_id=run.info.run_id,
-        params=dict(params),
-        experiment_id=run.info.experiment_id,
-    )
-    with contextlib.ExitStack() as by_value:
-        # Models registered from outside the package (CIFAR_MLFLOW_MODELS) go by value too.
-        for package in (cifar_mlflow, *extra_modules()):
-            by_value.enter_context(classes_pickled_by_value(package))
-        mlflow.pyfunc.log_model(
-            name=schema.MODEL_NAME,
-            python_model=classifier,
-            model_id=logged.model_id,
-            signature=model_signature(class_names),
-            input_example=input_example,
-            metadata=model_metadata(class_names),
-            pip_requirements=[
-                f"torch=={torch.__version__.split('+')[0]}",
-                f"cloudpickle=={cloudpickle.__version__}",
-            ],
-        )
-    MlflowClient().log_outputs(run.info.run_id, [LoggedModelOutput(logged.model_id, step=0)])
-    return logged.model_id
-
-
-@contextlib.contextmanager
-def classes_pickled_by_value(package: ModuleType) -> Iterator[None]:
-    """Inside the block, cloudpickle (MLflow's pickler) stores `package`'s classes' code."""
-    if package.__name__ in cloudpickle.list_registry_pickle_by_value():
-        yield  # registered by someone else, who keeps it
-        return
-    cloudpickle.register_pickle_by_value(package)
-    try:
-        yield
-    finally:
-        cloudpickle.unregister_pickle_by_value(package)
