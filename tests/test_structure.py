@@ -144,8 +144,8 @@ def test_the_walk_finds_the_project_imports_it_should() -> None:
 
 
 def test_a_cycle_through_a_package_init_is_found() -> None:
-    """config → models.mlp runs models/__init__, which imports config: a cycle."""
-    config = "cifar_mlflow.config"
+    """errors → models.mlp runs models/__init__, whose registry imports errors: a cycle."""
+    config = "cifar_mlflow.errors"
     source = MODULES[config].read_text() + (
         "\n\ndef _model():\n    from cifar_mlflow.models.mlp import MLP\n\n    return MLP\n"
     )
