@@ -13,14 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from cifar_mlflow import schema
 from cifar_mlflow.errors import UserError
-from cifar_mlflow.reachability import check_reachable
-from cifar_mlflow.tracking.client import run_url
+from cifar_mlflow.tracking.client import check_tracking_uri, run_url
 from cifar_mlflow.tracking.lookups import run_by_id
 from cifar_mlflow.tracking.pages import all_pages, finished_sweep_trials, quoted, search_runs
 
@@ -92,9 +92,9 @@ class Tracking:
         # `None` resolves like every MLflow tool: MLFLOW_TRACKING_URI, else MLflow's default.
         # The analysis prints tables and file names; MLflow's download bars would interleave.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        check_tracking_uri(tracking_uri or mlflow.get_tracking_uri())
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri: str = self.client.tracking_uri
-        check_reachable(self.tracking_uri)
 
     def experiment_ids(self, experiment: str | None = None) -> list[str]:
         """The named experiment, or every active experiment when `experiment` is None."""

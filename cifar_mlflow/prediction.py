@@ -28,7 +28,8 @@ from PIL import Image, UnidentifiedImageError
 
 from cifar_mlflow.classifier import CLASS_COLUMN, IMAGE_COLUMN, fit_image, is_image_classifier
 from cifar_mlflow.errors import UserError
-from cifar_mlflow.reachability import check_reachable, redact_uri
+from cifar_mlflow.reachability import redact_uri
+from cifar_mlflow.tracking.client import check_tracking_uri
 
 FORMATS = ("text", "csv", "json")
 # Images read and classified at a time: a folder of any size in bounded memory.
@@ -96,9 +97,9 @@ def load_classifier(model_uri: str) -> PyFuncModel:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     scheme = urlsplit(model_uri).scheme
     if scheme == "models":
-        check_reachable(mlflow.get_registry_uri())
+        check_tracking_uri(mlflow.get_registry_uri())
     elif scheme == "runs":
-        check_reachable(mlflow.get_tracking_uri())
+        check_tracking_uri(mlflow.get_tracking_uri())
     try:
         local_path = mlflow.artifacts.download_artifacts(model_uri)
         mlmodel = Model.load(local_path)

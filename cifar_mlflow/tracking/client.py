@@ -36,7 +36,11 @@ def check_tracking_server() -> None:
 
     A URI whose scheme no MLflow store takes is one line too, not MLflow's traceback.
     """
-    uri = mlflow.get_tracking_uri()
+    check_tracking_uri(mlflow.get_tracking_uri())
+
+
+def check_tracking_uri(uri: str) -> None:
+    """`check_tracking_server` for `uri`: what analysis and `predict` read from is checked alike."""
     try:
         _tracking_store_registry.get_store_builder(uri)
     except MlflowException:
