@@ -7,9 +7,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from cifar_mlflow.sweeps.search_state import Ending, SearchState
-
 from cifar_mlflow import schema
+from cifar_mlflow.search.state import Ending, SearchState
 from cifar_mlflow.studies import load_study
 from tests.test_search import search, trial_runs
 

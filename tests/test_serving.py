@@ -14,8 +14,8 @@ import requests
 from mlflow import MlflowClient
 
 from benchmarks.plain_server import model_server
+from cifar_mlflow.cifar_pickle import CLASS_NAMES
 from cifar_mlflow.cli import main
-from cifar_mlflow.data import CLASS_NAMES
 from cifar_mlflow.registry import register_sweep_champion
 from cifar_mlflow.tracking.model_logging import encoded_images
 from tests.classifier_runs import STUDY, colour_images, sweep_parent, trial

@@ -22,8 +22,8 @@ from PIL import Image
 
 from benchmarks.plain_server import model_server
 from cifar_mlflow import cifar_pickle
+from cifar_mlflow.cifar_pickle import CIFAR_FOLDER, TRAIN_BATCHES
 from cifar_mlflow.cli import main
-from cifar_mlflow.data import CIFAR_FOLDER, TRAIN_BATCHES
 
 COLOURS = {
     "red": (230, 20, 20),
