@@ -26,8 +26,8 @@ from PIL import Image
 from benchmarks.plain_server import model_server
 from cifar_mlflow import schema
 from cifar_mlflow.models.registry import EXTRA_MODELS_VARIABLE
-from tests.classifier_runs import example_images
-from tests.test_serving import check_answers
+from tests.classifier_runs import colour_images
+from tests.test_serving import served_answers
 
 pytestmark = pytest.mark.e2e
 
@@ -165,12 +165,13 @@ def test_registered_model_is_served_without_the_model_file(
     # model carries the network's code.
     bare = {k: v for k, v in store.env.items() if k != EXTRA_MODELS_VARIABLE}
     image = tmp_path / "image.png"
-    Image.fromarray(example_images(1)[0]).save(image)
+    pixels, _ = colour_images(1, seed=3)
+    Image.fromarray(pixels[0]).save(image)
     answer = store.run(*python, "predict", "--model", MODEL_URI, str(image), env=bare, cwd=tmp_path)
     assert answer.startswith(f"{image}\t")
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.env["MLFLOW_TRACKING_URI"])
+    assert type(mlflow.pytorch.load_model(MODEL_URI)).__name__ == "TinyCNN"
     model = mlflow.pyfunc.load_model(MODEL_URI)
-    assert type(model.unwrap_python_model().network).__name__ == "TinyCNN"
     with model_server(MODEL_URI, tmp_path, bare) as (url, _):
-        check_answers(url, model)
+        served_answers(url, model, pixels)

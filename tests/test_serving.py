@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import requests
@@ -37,14 +38,19 @@ def png_request(files: list[bytes]) -> dict:
 
 
 def check_answers(url: str, model: mlflow.pyfunc.PyFuncModel) -> None:
-    """PNG files posted over HTTP get the model's answers (their trained classes); a file that
-    is not an image gets a 400."""
+    """PNG files posted over HTTP get the model's answers: their trained classes."""
     pixels, labels = colour_images(1, seed=3)
+    answered = served_answers(url, model, pixels)
+    assert [row["class"] for row in answered] == [CLASS_NAMES[label] for label in labels]
+
+
+def served_answers(url: str, model: mlflow.pyfunc.PyFuncModel, pixels: np.ndarray) -> list[dict]:
+    """`pixels` posted over HTTP as PNG files: the answers, which equal the in-process model's;
+    a file that is not an image gets a 400."""
     files = encoded_images(pixels)["image"].tolist()
     response = requests.post(f"{url}/invocations", json=png_request(files), timeout=60)
     assert response.status_code == 200, response.text
     answered = response.json()["predictions"]
-    assert [row["class"] for row in answered] == [CLASS_NAMES[label] for label in labels]
     expected = model.predict(pd.DataFrame({"image": files})).to_dict(orient="records")
     for row, want in zip(answered, expected, strict=True):
         assert set(row) == set(want)
@@ -56,6 +62,7 @@ def check_answers(url: str, model: mlflow.pyfunc.PyFuncModel) -> None:
     )
     assert refused.status_code == 400
     assert "image 1 is not an image file PIL can read" in refused.text
+    return answered
 
 
 @pytest.mark.e2e
