@@ -43,7 +43,7 @@ def colour_images(per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
 def trained_network() -> nn.Module:
     """The project's MLP (one hidden layer of 16), trained until it names every training image."""
     torch.manual_seed(0)
-    network = build_model(TrainConfig(model="mlp", hidden_sizes=(16,)))
+    network = build_model(TrainConfig.from_overrides({"model": "mlp", "hidden_sizes": (16,)}))
     pixels, labels = colour_images(20)
     inputs, targets = normalise(torch.from_numpy(pixels)), torch.from_numpy(labels)
     optimiser = torch.optim.Adam(network.parameters(), lr=1e-2)

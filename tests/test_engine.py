@@ -301,15 +301,8 @@ def test_precision_auto_is_bf16_only_where_the_cpu_has_it_natively(
 
 def curves(precision: str, seed: int, synthetic: CifarArrays) -> list[tuple[float, ...]]:
     """Loss and accuracy per epoch (the times vary from run to run)."""
-    config = TrainConfig(
-        model="mlp",
-        dataset="synthetic",
-        hidden_sizes=(256, 64),
-        epochs=2,
-        train_size=2_000,
-        seed=seed,
-        device="cpu",
-        precision=precision,
+    config = small_config(
+        hidden_sizes=(256, 64), train_size=2_000, batch_size=128, seed=seed, precision=precision
     )
     env = environment.environment_for(config)
     recorder = Recorder()
