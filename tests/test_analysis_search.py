@@ -60,7 +60,7 @@ def test_search_trials_are_ordered_by_number_with_their_end_and_best_epoch():
 def test_each_stopped_trial_has_a_line_with_its_epoch_and_the_pruners_reason():
     assert search_frames.stopped_lines(search()) == [
         "Trial 2 (mlp) stopped at epoch 1",
-        "Trial 4 (mlp) stopped at epoch 2: valid_acc 0.80 below the median 0.90",
+        f"Trial 4 (mlp) stopped at epoch 2: {schema.METRIC_VALID_ACC} 0.80 below the median 0.90",
     ]
 
 

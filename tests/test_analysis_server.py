@@ -56,4 +56,5 @@ def test_table1_figures_and_report_from_a_tracking_server(server_env, tmp_path: 
     )
     assert links and all(link.startswith(run_page) for link in links)
     assert run_page + parent in links
-    assert html.count('<img src="data:image/png;base64,') == 7
+    # Five curve panels, two weight images, five accuracy-against-compute figures.
+    assert html.count('<img src="data:image/png;base64,') == 7 + 5

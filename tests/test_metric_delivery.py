@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
+from cifar_mlflow import schema
 from cifar_mlflow.server.postgres import free_port
 from cifar_mlflow.tracking.metric_writer import REFUSED_FOR_GOOD, MetricsLostError, MetricWriter
 from tests.metric_writer_worker import epoch_metrics
@@ -163,7 +164,7 @@ def test_a_server_gone_for_good_fails_the_run_loudly(tracking_store, monkeypatch
 
     monkeypatch.setattr(MlflowClient, "log_batch", refused)
     writer = MetricWriter(run_id, gone_after_s=0.05, first_retry_s=0.01, answers=lambda uri: False)
-    writer.write({"train_loss": 1.0}, step=1)
+    writer.write({schema.METRIC_TRAIN_LOSS: 1.0}, step=1)
     with pytest.raises(MetricsLostError, match=f"step 1 of run {run_id} and later were not"):
         writer.close()
 
@@ -180,9 +181,11 @@ def test_a_server_that_answers_is_waited_for_however_long_it_refuses(tracking_st
 
     monkeypatch.setattr(MlflowClient, "log_batch", saturated)
     writer = MetricWriter(run_id, gone_after_s=0, first_retry_s=0.01, answers=lambda uri: True)
-    writer.write({"train_loss": 1.0}, step=1)
+    writer.write({schema.METRIC_TRAIN_LOSS: 1.0}, step=1)
     writer.close()
-    assert [p.step for p in MlflowClient().get_metric_history(run_id, "train_loss")] == [1]
+    assert [
+        p.step for p in MlflowClient().get_metric_history(run_id, schema.METRIC_TRAIN_LOSS)
+    ] == [1]
 
 
 def test_a_write_the_store_refuses_for_good_is_not_retried(tracking_store):
@@ -190,7 +193,7 @@ def test_a_write_the_store_refuses_for_good_is_not_retried(tracking_store):
     run_id = client.create_run("0").info.run_id
     client.delete_run(run_id)
     writer = MetricWriter(run_id, first_retry_s=60)  # a retry would outlast the test
-    writer.write({"train_loss": 1.0}, step=1)
+    writer.write({schema.METRIC_TRAIN_LOSS: 1.0}, step=1)
     with pytest.raises(MlflowException) as error:
         writer.close()
     assert error.value.error_code in REFUSED_FOR_GOOD

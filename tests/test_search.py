@@ -89,7 +89,7 @@ def test_a_12_trial_search_stops_some_trials_then_continues_where_it_stopped(
         epoch = int(run.data.tags[schema.TAG_STOPPED_AT_EPOCH])
         assert 1 <= epoch < 4
         assert re.fullmatch(
-            r"valid_acc 0\.\d\d below the median 0\.\d\d of \d+ complete trials",
+            schema.METRIC_VALID_ACC + r" 0\.\d\d below the median 0\.\d\d of \d+ complete trials",
             run.data.tags[schema.TAG_STOPPED_REASON],
         )
         assert valid_acc_epochs(run.info.run_id) == list(range(1, epoch + 1))
@@ -261,7 +261,7 @@ def test_the_median_pruner_waits_for_min_epochs_and_compares_with_complete_trial
     number, _ = state.ask()
     assert state.report(number, 1, 0.1) is None  # before min_epochs
     assert state.report(number, 2, 0.1) == (
-        "valid_acc 0.10 below the median 0.85 of 3 complete trials"
+        f"{schema.METRIC_VALID_ACC} 0.10 below the median 0.85 of 3 complete trials"
     )
     state.tell(number, Ending.STOPPED)
     trial = state.study.trials[-1]

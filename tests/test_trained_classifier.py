@@ -2,8 +2,8 @@
 
 A set anyone can separate — each class a solid colour, with pixel noise in training — is
 learnt to near-perfect accuracy in seconds; the logged model then classifies PNG files of
-those colours through the three doors a user has: `mlflow.pyfunc.load_model` on raw uint8
-images, `python -m cifar_mlflow predict` on the files, and `mlflow models serve` over HTTP.
+those colours through the three doors a user has: `mlflow.pyfunc.load_model` on the
+files, `python -m cifar_mlflow predict` on the files, and `mlflow models serve` over HTTP.
 """
 
 from __future__ import annotations
@@ -15,15 +15,18 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import requests
 from mlflow import MlflowClient
 from PIL import Image
 
 from benchmarks.plain_server import model_server
-from cifar_mlflow import cifar_pickle
+from cifar_mlflow import cifar_pickle, schema
 from cifar_mlflow.cifar_pickle import CIFAR_FOLDER, TRAIN_BATCHES
+from cifar_mlflow.classifier import IMAGE_COLUMN
 from cifar_mlflow.cli import main
+from tests.test_serving import png_request
 
 COLOURS = {
     "red": (230, 20, 20),
@@ -85,7 +88,7 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
         (run,) = MlflowClient().search_runs(
             [MlflowClient().get_experiment_by_name("colours").experiment_id]
         )
-        assert run.data.metrics["test_acc"] >= 0.99, run.data.metrics
+        assert run.data.metrics[schema.METRIC_TEST_ACC] >= 0.99, run.data.metrics
         (logged,) = MlflowClient().search_logged_models([run.info.experiment_id])
         yield f"models:/{logged.model_id}", env
     finally:
@@ -115,8 +118,9 @@ def tracked(trained_model, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.mark.e2e
 def test_loaded_in_process_it_names_each_colour(tracked, colour_files):
-    _, pixels, right = colour_files
-    answered = mlflow.pyfunc.load_model(tracked).predict(pixels)
+    paths, _, right = colour_files
+    files = pd.DataFrame({IMAGE_COLUMN: [path.read_bytes() for path in paths]})
+    answered = mlflow.pyfunc.load_model(tracked).predict(files)
     assert list(answered["class"]) == right
 
 
@@ -135,11 +139,11 @@ def test_the_predict_command_names_each_colour_file(tracked, colour_files, capsy
 @pytest.mark.e2e
 def test_served_over_http_it_names_each_colour(tracked, colour_files, tmp_path):
     paths, _, right = colour_files
-    # What a client sends: the files as read, not the test's arrays.
-    images = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in paths])
+    # What a client sends: the files as read, base64-encoded in JSON.
+    request = png_request([path.read_bytes() for path in paths])
     # The scoring server runs `uvicorn` by name: the one beside this interpreter.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     with model_server(tracked, tmp_path, {**os.environ, "PATH": path}) as (url, _):
-        response = requests.post(f"{url}/invocations", json={"inputs": images.tolist()}, timeout=60)
+        response = requests.post(f"{url}/invocations", json=request, timeout=60)
     assert response.status_code == 200, response.text
     assert [row["class"] for row in response.json()["predictions"]] == right

@@ -24,6 +24,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
+from cifar_mlflow.schema import METRIC_VALID_ACC
 from cifar_mlflow.search.space import Dimension, SearchSpec
 
 # Completed trials the median pruner waits for: a median of fewer is mostly noise.
@@ -146,10 +147,10 @@ def prune_reason(study: optuna.Study, trial: optuna.Trial, epoch: int) -> str:
             t.intermediate_values[epoch] for t in complete if epoch in t.intermediate_values
         ]
         return (
-            f"valid_acc {best:.2f} below the median {statistics.median(at_epoch):.2f} of "
+            f"{METRIC_VALID_ACC} {best:.2f} below the median {statistics.median(at_epoch):.2f} of "
             f"{len(at_epoch)} complete trials"
         )
-    return f"valid_acc {best:.2f} not in the best third of its Hyperband rung"
+    return f"{METRIC_VALID_ACC} {best:.2f} not in the best third of its Hyperband rung"
 
 
 def pruner(spec: SearchSpec, epochs: int) -> optuna.pruners.BasePruner:
