@@ -278,9 +278,10 @@ def predict(model_uri: str, paths: tuple[Path, ...], output_format: str, top_k: 
     (bicubic); a folder means each image file in it (by extension, not its subfolders).
     """
     from cifar_mlflow import prediction
+    from cifar_mlflow.tracking.model_loading import load_classifier
 
     files = prediction.image_files(paths)
-    model = prediction.load_classifier(model_uri)
+    model = load_classifier(model_uri)
     if output_format == "csv":
         click.echo(prediction.csv_header(top_k))
     for result in prediction.predict_files(model, files, top_k):

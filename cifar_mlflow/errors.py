@@ -30,6 +30,10 @@ class TrackingUriError(UserError):
     """A tracking URI no MLflow store takes."""
 
 
+class ModelNotUsableError(UserError):
+    """A model URI with no model behind it, or a model that is no image classifier of ours."""
+
+
 class OptionError(UserError):
     """A command-line option with a value the command cannot take, or that does not fit."""
 

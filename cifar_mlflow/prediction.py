@@ -12,24 +12,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model
 from mlflow.pyfunc import PyFuncModel
 from PIL import Image, UnidentifiedImageError
 
-from cifar_mlflow.classifier import CLASS_COLUMN, IMAGE_COLUMN, fit_image, is_image_classifier
+from cifar_mlflow.classifier import CLASS_COLUMN, IMAGE_COLUMN, fit_image
 from cifar_mlflow.errors import UserError
-from cifar_mlflow.reachability import redact_uri
-from cifar_mlflow.tracking.client import check_tracking_uri
 
 FORMATS = ("text", "csv", "json")
 # Images read and classified at a time: a folder of any size in bounded memory.
@@ -86,42 +80,6 @@ def read_image(path: Path) -> np.ndarray:
             return fit_image(image)
     except OSError as error:  # a header PIL knows over truncated or corrupt pixel data
         raise PredictionError(f"{path} is not an image PIL can read ({error})") from None
-
-
-def load_classifier(model_uri: str) -> PyFuncModel:
-    """The pyfunc model at `model_uri`, if it is an image classifier of this project.
-
-    The URI is resolved and the model downloaded once; its MLmodel is read from the copy.
-    """
-    # The predictions are this command's output; MLflow's download bars would only add noise.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    scheme = urlsplit(model_uri).scheme
-    if scheme == "models":
-        check_tracking_uri(mlflow.get_registry_uri())
-    elif scheme == "runs":
-        check_tracking_uri(mlflow.get_tracking_uri())
-    try:
-        local_path = mlflow.artifacts.download_artifacts(model_uri)
-        mlmodel = Model.load(local_path)
-    except (MlflowException, OSError) as error:
-        reason = str(getattr(error, "message", error)).strip().splitlines()[0]
-        raise PredictionError(f"no model at {redact_uri(model_uri)} ({reason})") from None
-    if not is_image_classifier(mlmodel.metadata):
-        hint = "log or register one trained by this project"
-        pyfunc = mlmodel.flavors.get(mlflow.pyfunc.FLAVOR_NAME, {})
-        if pyfunc.get(mlflow.pyfunc.MAIN) == "mlflow.pytorch":
-            hint = (
-                "it is a bare network of an earlier release: load it with "
-                "mlflow.pytorch.load_model, or train the model again"
-            )
-        raise PredictionError(
-            f"{redact_uri(model_uri)} is not an image classifier of cifar-mlflow (its MLmodel "
-            f"has no cifar_mlflow metadata); {hint}"
-        )
-    # MLflow's check of the model's requirements against the installed packages reads every
-    # installed distribution's file list (about a second); `predict` runs in the environment of
-    # the project that logged the model.
-    return mlflow.pyfunc.load_model(local_path, suppress_warnings=True)
 
 
 def answers(model: PyFuncModel, files: Sequence[Path]) -> pd.DataFrame:

@@ -182,8 +182,8 @@ MLFLOW_DOORS = {
     "cifar_mlflow.tracking": "every tracking-server call of training, sweeps and search",
     "cifar_mlflow.registry": "the Model Registry: versions and aliases of the logged models",
     "analysis.query": "the analysis' own read-only door (plus logging its figures)",
-    "cifar_mlflow.classifier": "the logged model's class is an mlflow.pyfunc.PythonModel",
-    "cifar_mlflow.prediction": "loads a logged model by URI (mlflow.pyfunc.load_model)",
+    "cifar_mlflow.classifier": "the model's loader module answers a bad request with MLflow's 400",
+    "cifar_mlflow.prediction": "asks a loaded model (tracking.model_loading loads it by URI)",
 }
 # MLflow's "fluent" API keeps a global active run per thread; library code names its run
 # instead (Ray threads and sweeps log to several runs at once).
