@@ -74,3 +74,12 @@ def interval_option(function: F) -> F:
         help="spread: mean ± std in tables, min-max band in curves; ci: the 95 % Student's t "
         "interval of the mean in both. Headers and legends say which.",
     )(function)
+
+
+def write_or_echo(text: str, output: Path | None) -> None:
+    """A table to standard output, or to `output` with a line that says where it went."""
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        click.echo(f"Wrote {output}", err=True)

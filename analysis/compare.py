@@ -14,7 +14,13 @@ import click
 import pandas as pd
 
 from analysis import comparisons, conclusions, frames, tables
-from analysis.cli import command, experiment_option, parent_run_option, table_format_option
+from analysis.cli import (
+    command,
+    experiment_option,
+    parent_run_option,
+    table_format_option,
+    write_or_echo,
+)
 from analysis.query import AnalysisError, Tracking
 from analysis.tables import Column
 from cifar_mlflow import schema
@@ -129,12 +135,7 @@ def main(
 ) -> None:
     """Compare every setting of a study with its best one, with 95 % intervals and p-values."""
     name, table = load_comparison(study, experiment, parent_run_id)
-    text = render(name, table, fmt)
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        output.write_text(text)
-        click.echo(f"Wrote {output}", err=True)
+    write_or_echo(render(name, table, fmt), output)
 
 
 if __name__ == "__main__":

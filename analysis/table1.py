@@ -19,6 +19,7 @@ from analysis.cli import (
     interval_option,
     parent_run_option,
     table_format_option,
+    write_or_echo,
 )
 from analysis.query import AnalysisError, Tracking
 
@@ -59,12 +60,7 @@ def main(
 ) -> None:
     """Print Table 1 (per patch size: parameters, timings, test accuracy)."""
     table = load_table1(experiment, parent_run_id)
-    text = tables.render(table, tables.TABLE1_COLUMNS, fmt, interval)
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        output.write_text(text)
-        click.echo(f"Wrote {output}", err=True)
+    write_or_echo(tables.render(table, tables.TABLE1_COLUMNS, fmt, interval), output)
 
 
 if __name__ == "__main__":
