@@ -73,6 +73,7 @@ class MetricWriter:
         self.first_retry_s = first_retry_s
         self.answers = answers
         self.tracking_uri = mlflow.get_tracking_uri()
+        self._client = MlflowClient(self.tracking_uri)  # one per run, used by its thread only
         self._thread = ThreadPoolExecutor(1, "metric-writer")
         self._writes: list[Future] = []
 
@@ -99,7 +100,7 @@ class MetricWriter:
         delay, unanswered_since = self.first_retry_s, None
         while True:
             try:
-                MlflowClient(self.tracking_uri).log_batch(self.run_id, metrics=metrics)
+                self._client.log_batch(self.run_id, metrics=metrics)
                 return
             except Exception as error:
                 if isinstance(error, MlflowException) and error.error_code in REFUSED_FOR_GOOD:
